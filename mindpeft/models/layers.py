@@ -1,0 +1,146 @@
+"""Basic Cells whose parameter names match PyTorch (``weight``/``bias``), so HF checkpoints load by key.
+
+They use classic ``mindspore.ops`` that have CPU, GPU and Ascend kernels and compile under ``mindspore.jit``.
+"""
+import math
+
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+import mindspore as ms
+
+
+def init_param(shape, std=0.02, name=None, dtype=np.float32):
+    """A Parameter drawn from N(0, std) (std=0 gives zeros), using numpy's global RNG."""
+    data = np.zeros(shape, dtype) if std == 0 else np.random.normal(0.0, std, shape).astype(dtype)
+    return Parameter(Tensor(data), name=name)
+
+
+def uniform_param(shape, bound, name=None):
+    """A Parameter drawn from U(-bound, bound), as torch's kaiming_uniform_(a=sqrt(5)) does for Linear."""
+    return Parameter(Tensor(np.random.uniform(-bound, bound, shape).astype(np.float32)), name=name)
+
+
+def ones_param(shape, name=None):
+    return Parameter(Tensor(np.ones(shape, np.float32)), name=name)
+
+
+class Linear(nn.Cell):
+    """``y = x W^T + b`` with ``weight`` of shape (out_features, in_features), like ``torch.nn.Linear``."""
+
+    def __init__(self, in_features, out_features, bias=True, std=None):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        if std is None:
+            self.weight = uniform_param((out_features, in_features), 1.0 / math.sqrt(in_features), "weight")
+        else:
+            self.weight = init_param((out_features, in_features), std, "weight")
+        self.bias = Parameter(Tensor(np.zeros(out_features, np.float32)), name="bias") if bias else None
+
+    def construct(self, x):
+        return ops.dense(x, self.weight, self.bias)
+
+    def extend_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Conv1D(nn.Cell):
+    """GPT-2's transposed linear layer: ``weight`` of shape (in_features, out_features), ``y = x W + b``."""
+
+    def __init__(self, out_features, in_features, std=0.02):
+        super().__init__()
+        self.nf = out_features
+        self.nx = in_features
+        self.weight = init_param((in_features, out_features), std, "weight")
+        self.bias = Parameter(Tensor(np.zeros(out_features, np.float32)), name="bias")
+
+    def construct(self, x):
+        return ops.matmul(x, self.weight) + self.bias
+
+    def extend_repr(self):
+        return f"nf={self.nf}, nx={self.nx}"
+
+
+class Embedding(nn.Cell):
+    """Lookup table with ``weight`` of shape (num_embeddings, embedding_dim)."""
+
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, std=0.02):
+        super().__init__()
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.padding_idx = padding_idx
+        self.weight = init_param((num_embeddings, embedding_dim), std, "weight")
+
+    def construct(self, input_ids):
+        return ops.gather(self.weight, input_ids, 0)
+
+    def extend_repr(self):
+        return f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}"
+
+
+class LayerNorm(nn.Cell):
+    """Layer normalisation over the last dimension with ``weight``/``bias``."""
+
+    def __init__(self, hidden_size, eps=1e-5):
+        super().__init__()
+        self.normalized_shape = (hidden_size,)
+        self.eps = eps
+        self.weight = ones_param(hidden_size, "weight")
+        self.bias = Parameter(Tensor(np.zeros(hidden_size, np.float32)), name="bias")
+        self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+
+    def construct(self, x):
+        return self.norm(x, self.weight, self.bias)[0]
+
+
+class RMSNorm(nn.Cell):
+    """Root-mean-square norm without mean centring or bias (T5 and LLaMA), computed in float32."""
+
+    def __init__(self, hidden_size, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = ones_param(hidden_size, "weight")
+
+    def construct(self, x):
+        dtype = x.dtype
+        h = x.astype(ms.float32)
+        variance = ops.mean(h * h, -1, keep_dims=True)
+        h = h * ops.rsqrt(variance + self.eps)
+        return self.weight * h.astype(dtype)
+
+
+class Dropout(nn.Cell):
+    """Dropout that is the identity when ``p == 0`` or outside training mode."""
+
+    def __init__(self, p=0.0):
+        super().__init__()
+        self.p = float(p)
+        self.dropout = nn.Dropout(p=self.p) if self.p > 0 else None
+
+    def construct(self, x):
+        if self.dropout is None:
+            return x
+        return self.dropout(x)
+
+
+class Activation(nn.Cell):
+    """The activation function HF configs name (``hidden_act``/``activation_function``) as a Cell."""
+
+    SUPPORTED = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
+
+    def __init__(self, name):
+        super().__init__()
+        if name not in self.SUPPORTED:
+            raise ValueError(f"Unsupported activation function {name!r}; supported: {list(self.SUPPORTED)}")
+        self.act_name = name
+
+    def construct(self, x):
+        if self.act_name == "gelu":
+            return ops.gelu(x, approximate="none")
+        if self.act_name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+            return ops.gelu(x, approximate="tanh")
+        if self.act_name == "relu":
+            return ops.relu(x)
+        if self.act_name in ("silu", "swish"):
+            return ops.silu(x)
+        return ops.tanh(x)

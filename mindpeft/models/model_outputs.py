@@ -1,0 +1,83 @@
+"""Shared pieces of the model forwards: attention bias, losses, output dicts.
+
+Models return plain ``dict`` outputs (``out["logits"]``, ``out["loss"]``) holding only the entries that were
+computed, because graph mode (``mindspore.jit``) returns dicts but cuts gradients through custom output classes.
+"""
+import mindspore as ms
+from mindspore import ops
+
+NEG_INF = -1e9
+
+
+def attention_bias(attention_mask, q_len, kv_len, causal):
+    """Additive attention bias of shape (batch or 1, 1, q_len, kv_len), or ``None`` when nothing is masked.
+
+    ``attention_mask`` (batch, kv_len) marks real tokens with 1; with ``causal`` query i sees keys up to
+    ``i + kv_len - q_len`` (the cached prefix plus itself).
+    """
+    bias = None
+    if causal:
+        rows = ops.arange(q_len).view(q_len, 1) + (kv_len - q_len)
+        cols = ops.arange(kv_len).view(1, kv_len)
+        bias = ops.select(cols <= rows, ops.zeros((q_len, kv_len), ms.float32),
+                          ops.full((q_len, kv_len), NEG_INF, dtype=ms.float32)).view(1, 1, q_len, kv_len)
+    if attention_mask is not None:
+        batch = attention_mask.shape[0]
+        pad = (1.0 - attention_mask.astype(ms.float32)).view(batch, 1, 1, kv_len) * NEG_INF
+        bias = pad if bias is None else bias + pad
+    return bias
+
+
+def scaled_dot_product_attention(query, key, value, bias, scale, dropout=None):
+    """softmax(q k^T * scale + bias) v over (batch, heads, seq, head_dim) tensors; softmax in float32."""
+    scores = ops.matmul(query, key.swapaxes(-1, -2))
+    if scale != 1.0:
+        scores = scores * scale
+    scores = scores.astype(ms.float32)
+    if bias is not None:
+        scores = scores + bias
+    probs = ops.softmax(scores, -1).astype(value.dtype)
+    if dropout is not None:
+        probs = dropout(probs)
+    return ops.matmul(probs, value)
+
+
+def split_heads(x, num_heads, head_dim):
+    """(batch, seq, heads * head_dim) -> (batch, heads, seq, head_dim)."""
+    batch, seq = x.shape[0], x.shape[1]
+    return x.view(batch, seq, num_heads, head_dim).swapaxes(1, 2)
+
+
+def merge_heads(x):
+    """(batch, heads, seq, head_dim) -> (batch, seq, heads * head_dim)."""
+    batch, heads, seq, head_dim = x.shape
+    return x.swapaxes(1, 2).view(batch, seq, heads * head_dim)
+
+
+def causal_lm_loss(logits, labels):
+    """Next-token cross entropy; labels equal to -100 are ignored."""
+    vocab = logits.shape[-1]
+    shift_logits = logits[:, :-1, :].astype(ms.float32).view(-1, vocab)
+    shift_labels = labels[:, 1:].view(-1).astype(ms.int32)
+    return ops.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+
+
+def token_loss(logits, labels):
+    """Per-token cross entropy (seq2seq and token classification); labels equal to -100 are ignored."""
+    return ops.cross_entropy(logits.astype(ms.float32).view(-1, logits.shape[-1]),
+                             labels.view(-1).astype(ms.int32), ignore_index=-100)
+
+
+def sequence_classification_loss(logits, labels, num_labels):
+    """MSE for one label (regression), cross entropy otherwise."""
+    if num_labels == 1:
+        return ops.mse_loss(logits.view(-1).astype(ms.float32), labels.view(-1).astype(ms.float32))
+    return ops.cross_entropy(logits.astype(ms.float32).view(-1, num_labels), labels.view(-1).astype(ms.int32))
+
+
+def with_optional(out, **entries):
+    """``out`` plus the ``entries`` that are not ``None``."""
+    for key, value in entries.items():
+        if value is not None:
+            out[key] = value
+    return out
