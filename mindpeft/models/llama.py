@@ -1,0 +1,192 @@
+"""LLaMA as MindSpore Cells, with HF module names (``model.layers.0.self_attn.q_proj``...)."""
+import math
+
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from .configuration_utils import PretrainedConfig
+from .generation import GenerationMixin
+from .layers import Activation, Dropout, Embedding, Linear, RMSNorm
+from .model_outputs import attention_bias, causal_lm_loss, merge_heads, scaled_dot_product_attention, with_optional
+from .modeling_utils import PreTrainedModel
+
+
+class LlamaConfig(PretrainedConfig):
+    model_type = "llama"
+    defaults = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+                "num_attention_heads": 32, "num_key_value_heads": None, "head_dim": None, "hidden_act": "silu",
+                "max_position_embeddings": 2048, "initializer_range": 0.02, "rms_norm_eps": 1e-6,
+                "rope_theta": 10000.0, "rope_scaling": None, "rope_parameters": None, "attention_bias": False,
+                "attention_dropout": 0.0, "mlp_bias": False, "bos_token_id": 1, "eos_token_id": 2,
+                "tie_word_embeddings": False}
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        rope = dict(self.rope_parameters or self.rope_scaling or {})
+        self.rope_theta = rope.get("rope_theta", self.rope_theta)
+        self.rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if self.rope_type not in ("default", "linear"):
+            raise ValueError(f"Unsupported rope type {self.rope_type!r}; mindpeft's LLaMA supports 'default' and "
+                             "'linear'")
+        self.rope_factor = float(rope.get("factor", 1.0)) if self.rope_type == "linear" else 1.0
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return ops.cat([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rotary_pos_emb(x, cos, sin):
+    return x * cos + rotate_half(x) * sin
+
+
+class LlamaRotaryEmbedding(nn.Cell):
+    """cos/sin tables of rotary position embedding for given position ids, shaped (batch, 1, seq, head_dim)."""
+
+    def __init__(self, config):
+        super().__init__()
+        dim = config.head_dim
+        inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+        self.inv_freq = Tensor((inv_freq / config.rope_factor).astype(np.float32))
+
+    def construct(self, position_ids):
+        freqs = position_ids.astype(ms.float32).expand_dims(-1) * self.inv_freq
+        emb = ops.cat([freqs, freqs], axis=-1).expand_dims(1)
+        return ops.cos(emb), ops.sin(emb)
+
+
+def repeat_kv(x, n_rep):
+    """(batch, kv_heads, seq, dim) -> (batch, kv_heads * n_rep, seq, dim) for grouped-query attention."""
+    if n_rep == 1:
+        return x
+    batch, heads, seq, dim = x.shape
+    return ops.broadcast_to(x.expand_dims(2), (batch, heads, n_rep, seq, dim)).reshape(batch, heads * n_rep, seq, dim)
+
+
+class LlamaAttention(nn.Cell):
+    def __init__(self, config):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        std = config.initializer_range
+        bias = config.attention_bias
+        self.q_proj = Linear(config.hidden_size, self.num_heads * self.head_dim, bias, std)
+        self.k_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias, std)
+        self.v_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias, std)
+        self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, bias, std)
+        self.attention_dropout = Dropout(config.attention_dropout)
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+
+    def project(self, proj, hidden_states, heads):
+        batch, seq = hidden_states.shape[0], hidden_states.shape[1]
+        return proj(hidden_states).view(batch, seq, heads, self.head_dim).swapaxes(1, 2)
+
+    def construct(self, hidden_states, cos, sin, bias=None, layer_past=None, use_cache=False):
+        query = apply_rotary_pos_emb(self.project(self.q_proj, hidden_states, self.num_heads), cos, sin)
+        key = apply_rotary_pos_emb(self.project(self.k_proj, hidden_states, self.num_kv_heads), cos, sin)
+        value = self.project(self.v_proj, hidden_states, self.num_kv_heads)
+        if layer_past is not None:
+            key = ops.cat([layer_past[0], key], axis=-2)
+            value = ops.cat([layer_past[1], value], axis=-2)
+        present = (key, value) if use_cache else None
+        n_rep = self.num_heads // self.num_kv_heads
+        attn = scaled_dot_product_attention(query, repeat_kv(key, n_rep), repeat_kv(value, n_rep), bias,
+                                            self.scale, self.attention_dropout)
+        return self.o_proj(merge_heads(attn)), present
+
+
+class LlamaMLP(nn.Cell):
+    def __init__(self, config):
+        super().__init__()
+        std = config.initializer_range
+        self.gate_proj = Linear(config.hidden_size, config.intermediate_size, config.mlp_bias, std)
+        self.up_proj = Linear(config.hidden_size, config.intermediate_size, config.mlp_bias, std)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size, config.mlp_bias, std)
+        self.act_fn = Activation(config.hidden_act)
+
+    def construct(self, x):
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Cell):
+    def __init__(self, config):
+        super().__init__()
+        self.self_attn = LlamaAttention(config)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def construct(self, hidden_states, cos, sin, bias=None, layer_past=None, use_cache=False):
+        attn_out, present = self.self_attn(self.input_layernorm(hidden_states), cos, sin, bias, layer_past,
+                                           use_cache)
+        hidden_states = hidden_states + attn_out
+        hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        return hidden_states, present
+
+
+class LlamaPreTrainedModel(PreTrainedModel, GenerationMixin):
+    config_class = LlamaConfig
+    base_model_prefix = "model"
+    _tied_keys = ("rotary_emb.inv_freq",)
+
+
+class LlamaModel(LlamaPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, config.pad_token_id,
+                                      config.initializer_range)
+        self.layers = nn.CellList([LlamaDecoderLayer(config) for _ in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = LlamaRotaryEmbedding(config)
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def construct(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                  inputs_embeds=None, use_cache=False):
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        seq_len = inputs_embeds.shape[1]
+        past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        if position_ids is None:
+            position_ids = ops.arange(past_len, past_len + seq_len).view(1, seq_len)
+        cos, sin = self.rotary_emb(position_ids)
+        bias = attention_bias(attention_mask, seq_len, past_len + seq_len, causal=True)
+        hidden_states = inputs_embeds
+        presents = ()
+        for i, layer in enumerate(self.layers):
+            layer_past = None if past_key_values is None else past_key_values[i]
+            hidden_states, present = layer(hidden_states, cos, sin, bias, layer_past, use_cache)
+            if use_cache:
+                presents = presents + (present,)
+        hidden_states = self.norm(hidden_states)
+        return with_optional({"last_hidden_state": hidden_states}, past_key_values=presents if use_cache else None)
+
+
+class LlamaForCausalLM(LlamaPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = LlamaModel(config)
+        self.tie_word_embeddings = config.tie_word_embeddings
+        if not config.tie_word_embeddings:
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False, std=config.initializer_range)
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def construct(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                  inputs_embeds=None, labels=None, use_cache=False):
+        out = self.model(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache)
+        hidden_states = out["last_hidden_state"]
+        if self.tie_word_embeddings:
+            logits = ops.matmul(hidden_states, self.model.embed_tokens.weight.T)
+        else:
+            logits = self.lm_head(hidden_states)
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        return with_optional({"logits": logits}, loss=loss, past_key_values=out.get("past_key_values"))
