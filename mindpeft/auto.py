@@ -1,0 +1,62 @@
+"""``AutoPeftModel*``: rebuild the base model named in ``adapter_config.json`` and load the adapter on it."""
+from .config import PeftConfig
+from .models import auto as model_auto
+from .peft_model import (PeftModel, PeftModelForCausalLM, PeftModelForFeatureExtraction,
+                         PeftModelForQuestionAnswering, PeftModelForSeq2SeqLM, PeftModelForSequenceClassification,
+                         PeftModelForTokenClassification)
+
+
+class _BaseAutoPeftModel:
+    model_auto_class = None
+    peft_model_class = PeftModel
+
+    def __init__(self):
+        raise EnvironmentError(f"Use {type(self).__name__}.from_pretrained(adapter_dir)")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, adapter_name="default", is_trainable=False,
+                        base_model_path=None, **kwargs):
+        """Load the base model from ``base_model_path`` (default: the config's ``base_model_name_or_path``,
+        a local folder) and the adapter from ``pretrained_model_name_or_path``."""
+        config = PeftConfig.from_pretrained(pretrained_model_name_or_path)
+        base_path = base_model_path or config.base_model_name_or_path
+        if not base_path:
+            raise ValueError("The adapter config has no base_model_name_or_path; pass base_model_path=")
+        base_model = cls.model_auto_class.from_pretrained(base_path, **kwargs)
+        return cls.peft_model_class.from_pretrained(base_model, pretrained_model_name_or_path,
+                                                    adapter_name=adapter_name, is_trainable=is_trainable,
+                                                    config=config)
+
+
+class AutoPeftModel(_BaseAutoPeftModel):
+    model_auto_class = model_auto.AutoModel
+
+
+class AutoPeftModelForCausalLM(_BaseAutoPeftModel):
+    model_auto_class = model_auto.AutoModelForCausalLM
+    peft_model_class = PeftModelForCausalLM
+
+
+class AutoPeftModelForSeq2SeqLM(_BaseAutoPeftModel):
+    model_auto_class = model_auto.AutoModelForSeq2SeqLM
+    peft_model_class = PeftModelForSeq2SeqLM
+
+
+class AutoPeftModelForSequenceClassification(_BaseAutoPeftModel):
+    model_auto_class = model_auto.AutoModelForSequenceClassification
+    peft_model_class = PeftModelForSequenceClassification
+
+
+class AutoPeftModelForTokenClassification(_BaseAutoPeftModel):
+    model_auto_class = model_auto.AutoModelForTokenClassification
+    peft_model_class = PeftModelForTokenClassification
+
+
+class AutoPeftModelForQuestionAnswering(_BaseAutoPeftModel):
+    model_auto_class = model_auto.AutoModelForQuestionAnswering
+    peft_model_class = PeftModelForQuestionAnswering
+
+
+class AutoPeftModelForFeatureExtraction(_BaseAutoPeftModel):
+    model_auto_class = model_auto.AutoModel
+    peft_model_class = PeftModelForFeatureExtraction

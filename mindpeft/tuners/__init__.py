@@ -1,0 +1,1 @@
+from .lora import LoraConfig, LoraModel

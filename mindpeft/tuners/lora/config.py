@@ -1,0 +1,64 @@
+"""Configuration of LoRA (Hu et al., 2021), field for field as HF peft's ``LoraConfig``."""
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from ...config import PeftConfig
+from ...utils.peft_types import PeftType
+
+INIT_LORA_WEIGHTS_CHOICES = (True, False, "gaussian")
+
+
+@dataclass
+class LoraConfig(PeftConfig):
+    """Low-rank adapters ``W + (lora_alpha / r) * B A`` on the targeted layers."""
+
+    r: int = field(default=8, metadata={"help": "LoRA rank"})
+    target_modules: Optional[Union[list, str]] = field(
+        default=None,
+        metadata={"help": "Module names (exact or suffix match), a regex (full match), or 'all-linear'. "
+                          "Defaults to the architecture's usual attention projections."})
+    exclude_modules: Optional[Union[list, str]] = field(default=None, metadata={"help": "Modules never targeted."})
+    lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha (scaling = alpha / r)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input"})
+    fan_in_fan_out: bool = field(default=False, metadata={"help": "True for (in, out) weights such as GPT-2 Conv1D"})
+    bias: str = field(default="none", metadata={"help": "Biases to train: 'none', 'all' or 'lora_only'"})
+    use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised scaling alpha / sqrt(r)"})
+    modules_to_save: Optional[list] = field(
+        default=None, metadata={"help": "Modules trained in full and saved with the adapter (e.g. a classifier)"})
+    init_lora_weights: Union[bool, str] = field(
+        default=True, metadata={"help": "True: B=0 and A Kaiming-uniform; 'gaussian': A ~ N(0, 1/r); False: random"})
+    layers_to_transform: Optional[Union[list, int]] = field(
+        default=None, metadata={"help": "Layer indexes to adapt (all by default)"})
+    layers_pattern: Optional[Union[list, str]] = field(
+        default=None, metadata={"help": "Name of the layer list, e.g. 'h' or 'layers', used with layers_to_transform"})
+    rank_pattern: Optional[dict] = field(default_factory=dict, metadata={"help": "Per-module rank overrides (regex)"})
+    alpha_pattern: Optional[dict] = field(default_factory=dict, metadata={"help": "Per-module alpha overrides"})
+    use_dora: bool = field(default=False, metadata={"help": "DoRA (not supported by mindpeft)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.peft_type = PeftType.LORA
+        for name in ("target_modules", "exclude_modules"):
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple, set)):
+                setattr(self, name, set(value))
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            raise ValueError(f"`r` should be a positive integer value but the value passed is {self.r!r}")
+        if self.lora_dropout < 0 or self.lora_dropout >= 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.bias not in ("none", "all", "lora_only"):
+            raise ValueError(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
+        if self.init_lora_weights not in INIT_LORA_WEIGHTS_CHOICES:
+            raise ValueError(f"init_lora_weights={self.init_lora_weights!r} is not supported by mindpeft; "
+                             f"choose from {INIT_LORA_WEIGHTS_CHOICES}")
+        if self.use_dora:
+            raise ValueError("use_dora=True (DoRA) is not supported by mindpeft")
+        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
+            raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str.")
+        if isinstance(self.target_modules, str) and self.layers_pattern is not None:
+            raise ValueError("`layers_pattern` cannot be used when `target_modules` is a str.")
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified.")
+        for pattern, rank in (self.rank_pattern or {}).items():
+            if not isinstance(rank, int) or rank <= 0:
+                raise ValueError(f"rank_pattern[{pattern!r}] must be a positive integer, got {rank!r}")

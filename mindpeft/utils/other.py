@@ -1,0 +1,93 @@
+"""Module surgery helpers and the wrapper for fully trained modules (``modules_to_save``)."""
+import copy
+
+from mindspore import nn
+
+
+def get_submodule(model, key):
+    """The Cell at dotted path ``key`` (list indexes are path parts, as in ``h.0.attn``)."""
+    cell = model
+    for part in key.split(".") if key else []:
+        children = cell.name_cells()
+        if part not in children:
+            raise AttributeError(f"{type(cell).__name__} has no submodule {part!r} (looking up {key!r})")
+        cell = children[part]
+    return cell
+
+
+def get_submodules(model, key):
+    """``(parent, target, target_name)`` for the Cell at ``key``."""
+    parent_key, _, target_name = key.rpartition(".")
+    parent = get_submodule(model, parent_key)
+    return parent, get_submodule(parent, target_name), target_name
+
+
+def replace_child(parent, name, new_child):
+    """Put ``new_child`` in ``parent`` under ``name`` (an attribute, or an index of a CellList)."""
+    if isinstance(parent, (nn.CellList, nn.SequentialCell)) and name.isdigit():
+        parent[int(name)] = new_child
+    else:
+        setattr(parent, name, new_child)
+
+
+def copy_cell(cell):
+    """A deep copy of ``cell`` whose Parameters are new objects with the same values."""
+    return copy.deepcopy(cell)
+
+
+class ModulesToSaveWrapper(nn.Cell):
+    """Keeps ``original_module`` frozen and trains one copy per adapter in ``modules_to_save``."""
+
+    def __init__(self, module_to_save, adapter_name):
+        super().__init__()
+        self.original_module = module_to_save
+        self.modules_to_save = nn.CellDict()
+        self.active_adapter = adapter_name
+        self.disable_adapters = False
+        self._use_copy = False
+        for param in self.original_module.get_parameters():
+            param.requires_grad = False
+        self.update(adapter_name)
+
+    def update(self, adapter_name):
+        """Add a trainable copy of the original module for ``adapter_name``."""
+        if adapter_name not in self.modules_to_save:
+            module = copy_cell(self.original_module)
+            for param in module.get_parameters():
+                param.requires_grad = True
+            self.modules_to_save[adapter_name] = module
+        self._refresh()
+
+    def _refresh(self):
+        self._use_copy = not self.disable_adapters and self.active_adapter in self.modules_to_save
+
+    def set_adapter(self, adapter_name):
+        self.active_adapter = adapter_name
+        for name, module in self.modules_to_save.items():
+            for param in module.get_parameters():
+                param.requires_grad = name == adapter_name
+        self._refresh()
+
+    def enable_adapters(self, enabled):
+        self.disable_adapters = not enabled
+        self._refresh()
+
+    def delete_adapter(self, adapter_name):
+        if adapter_name in self.modules_to_save:
+            del self.modules_to_save[adapter_name]
+        self._refresh()
+
+    def active_module(self):
+        return self.modules_to_save[self.active_adapter] if self._use_copy else self.original_module
+
+    def adapter_names(self):
+        return list(self.modules_to_save.keys())
+
+    @property
+    def weight(self):
+        return self.active_module().weight
+
+    def construct(self, *args, **kwargs):
+        if self._use_copy:
+            return self.modules_to_save[self.active_adapter](*args, **kwargs)
+        return self.original_module(*args, **kwargs)
