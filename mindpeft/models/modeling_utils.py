@@ -43,6 +43,15 @@ def load_safetensors(path):
         return out
 
 
+_NP_DTYPES = {ms.float16: np.float16, ms.float32: np.float32, ms.float64: np.float64, ms.int32: np.int32,
+              ms.int64: np.int64, ms.bool_: np.bool_}
+
+
+def numpy_dtype(ms_dtype):
+    """The numpy dtype for a MindSpore dtype (float32 for bfloat16, which numpy lacks)."""
+    return _NP_DTYPES.get(ms_dtype, np.float32)
+
+
 def assign(param, value, key):
     """Copy ``value`` into ``param``, raising a clear error when the shapes differ."""
     value = np.asarray(value)
@@ -50,7 +59,7 @@ def assign(param, value, key):
         raise ValueError(
             f"Shape mismatch for {key!r}: checkpoint has {tuple(value.shape)}, model expects {tuple(param.shape)}"
         )
-    param.set_data(Tensor(value.astype(ms.dtype_to_nptype(param.dtype))))
+    param.set_data(Tensor(value.astype(numpy_dtype(param.dtype)), dtype=param.dtype))
 
 
 class PreTrainedModel(nn.Cell):

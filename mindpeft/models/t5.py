@@ -39,7 +39,7 @@ class T5Config(PretrainedConfig):
 class MT5Config(T5Config):
     model_type = "mt5"
     defaults = {**T5Config.defaults, "vocab_size": 250112, "d_ff": 1024, "num_heads": 6,
-                "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}
+                "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False, "scale_decoder_outputs": False}
 
 
 def relative_position_bucket(relative_position, bidirectional, num_buckets, max_distance):

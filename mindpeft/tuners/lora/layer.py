@@ -69,7 +69,7 @@ class LoraLayer(BaseTunerLayer):
             merged = weight.asnumpy() + self.delta_weight(name)
             if safe_merge and not np.isfinite(merged).all():
                 raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
-            weight.set_data(Tensor(merged.astype(ms.dtype_to_nptype(weight.dtype))))
+            weight.set_data(Tensor(merged, dtype=weight.dtype))
             self.merged_adapters.append(name)
 
     def unmerge(self):
@@ -78,7 +78,7 @@ class LoraLayer(BaseTunerLayer):
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             restored = weight.asnumpy() - self.delta_weight(name)
-            weight.set_data(Tensor(restored.astype(ms.dtype_to_nptype(weight.dtype))))
+            weight.set_data(Tensor(restored, dtype=weight.dtype))
 
 
 class Linear(nn.Cell, LoraLayer):

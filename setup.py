@@ -1,0 +1,23 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="mindpeft",
+    version="0.1.0",
+    description="Parameter-Efficient Fine-Tuning for MindSpore, API- and file-compatible with Hugging Face peft",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["mindpeft", "mindpeft.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "mindspore==2.10.0",
+        "numpy==1.26.4",
+        "safetensors==0.8.0",
+        "tokenizers==0.23.3",
+        "tqdm==4.70.1",
+    ],
+    extras_require={
+        # Reference implementations the tests compare numbers against (never used at run time).
+        "test": ["pytest==9.0.3", "torch==2.13.0", "transformers==5.23.0", "peft==0.21.2"],
+        "mindnlp": ["mindnlp"],
+    },
+)

@@ -1,0 +1,100 @@
+"""Tiny HF reference models (torch) saved to disk, for mindpeft to load and be compared against."""
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("GLOG_v", "3")
+warnings.filterwarnings("ignore", category=UserWarning)
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+import mindspore as ms  # noqa: E402
+from mindspore import Tensor  # noqa: E402
+
+transformers.logging.set_verbosity_error()
+torch.set_num_threads(1)
+
+VOCAB = 96
+
+TINY_CONFIGS = {
+    "gpt2": lambda: transformers.GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                            bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1, pad_token_id=0),
+    "bert": lambda: transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                            num_attention_heads=4, intermediate_size=64,
+                                            max_position_embeddings=64, num_labels=3),
+    "roberta": lambda: transformers.RobertaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                                  num_attention_heads=4, intermediate_size=64,
+                                                  max_position_embeddings=66, num_labels=3),
+    "t5": lambda: transformers.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                        num_heads=4, relative_attention_num_buckets=8,
+                                        relative_attention_max_distance=20, decoder_start_token_id=0),
+    "mt5": lambda: transformers.MT5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                          num_heads=4, relative_attention_num_buckets=8,
+                                          relative_attention_max_distance=20, decoder_start_token_id=0),
+    "llama": lambda: transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                              max_position_embeddings=64, pad_token_id=0),
+}
+
+TORCH_CLASSES = {
+    ("gpt2", "causal"): "GPT2LMHeadModel", ("gpt2", "seq_cls"): "GPT2ForSequenceClassification",
+    ("bert", "seq_cls"): "BertForSequenceClassification", ("bert", "token_cls"): "BertForTokenClassification",
+    ("bert", "qa"): "BertForQuestionAnswering", ("bert", "base"): "BertModel",
+    ("roberta", "seq_cls"): "RobertaForSequenceClassification",
+    ("roberta", "token_cls"): "RobertaForTokenClassification",
+    ("roberta", "qa"): "RobertaForQuestionAnswering", ("roberta", "base"): "RobertaModel",
+    ("t5", "seq2seq"): "T5ForConditionalGeneration", ("mt5", "seq2seq"): "MT5ForConditionalGeneration",
+    ("llama", "causal"): "LlamaForCausalLM",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """``tiny_model_dir(family, head)``: folder with config.json + model.safetensors of a seeded tiny HF model."""
+    cache = {}
+
+    def make(family, head):
+        if (family, head) not in cache:
+            torch.manual_seed(0)
+            config = TINY_CONFIGS[family]()
+            if head == "qa":
+                config.num_labels = 2
+            model = getattr(transformers, TORCH_CLASSES[(family, head)])(config).eval()
+            path = tmp_path_factory.mktemp(f"{family}_{head}")
+            model.save_pretrained(path)
+            cache[(family, head)] = str(path)
+        return cache[(family, head)]
+
+    return make
+
+
+def torch_model(path, family, head):
+    return getattr(transformers, TORCH_CLASSES[(family, head)]).from_pretrained(path).eval()
+
+
+def rand_ids(shape, low=3, high=VOCAB, seed=0):
+    return np.random.default_rng(seed).integers(low, high, shape)
+
+
+def ms_ids(array):
+    return Tensor(np.asarray(array), ms.int32)
+
+
+def torch_ids(array):
+    return torch.tensor(np.asarray(array), dtype=torch.long)
+
+
+def max_diff(a, b):
+    a = a.asnumpy() if hasattr(a, "asnumpy") else (a.detach().numpy() if hasattr(a, "detach") else np.asarray(a))
+    b = b.asnumpy() if hasattr(b, "asnumpy") else (b.detach().numpy() if hasattr(b, "detach") else np.asarray(b))
+    assert a.shape == b.shape, f"shape {a.shape} != {b.shape}"
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    np.random.seed(0)
+    torch.manual_seed(0)
