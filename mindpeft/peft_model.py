@@ -6,7 +6,7 @@ import numpy as np
 from mindspore import nn
 
 from .config import PeftConfig
-from .utils.constants import SEQ_CLS_HEAD_NAMES
+from .utils.constants import TASK_HEAD_MODULE_NAMES
 from .utils.peft_types import TaskType
 from .utils.save_and_load import (get_peft_model_state_dict, load_peft_weights, save_peft_weights,
                                   set_peft_model_state_dict)
@@ -106,7 +106,11 @@ class PeftModel(nn.Cell):
             raise
 
     def _prepare_config(self, peft_config):
-        """Hook for task subclasses to complete a config before its adapter is injected."""
+        """Add the task's head (classifier, qa_outputs) to ``modules_to_save`` before injection, as HF peft does."""
+        heads = TASK_HEAD_MODULE_NAMES.get(peft_config.task_type.value if peft_config.task_type else None, [])
+        if heads and hasattr(peft_config, "modules_to_save"):
+            names = list(peft_config.modules_to_save or [])
+            peft_config.modules_to_save = names + [n for n in heads if n not in names]
 
     def set_adapter(self, adapter_name):
         """Activate ``adapter_name``; a clear error if it does not exist."""
@@ -210,18 +214,13 @@ class PeftModelForSeq2SeqLM(PeftModel):
 class PeftModelForSequenceClassification(PeftModel):
     """PeftModel for sequence classification; the ``classifier``/``score`` head is trained and saved too."""
 
-    def _prepare_config(self, peft_config):
-        if hasattr(peft_config, "modules_to_save"):
-            names = list(peft_config.modules_to_save or [])
-            peft_config.modules_to_save = names + [n for n in SEQ_CLS_HEAD_NAMES if n not in names]
-
 
 class PeftModelForTokenClassification(PeftModel):
-    """PeftModel for token classification (``TaskType.TOKEN_CLS``)."""
+    """PeftModel for token classification; the ``classifier``/``score`` head is trained and saved too."""
 
 
 class PeftModelForQuestionAnswering(PeftModel):
-    """PeftModel for extractive question answering (``TaskType.QUESTION_ANS``)."""
+    """PeftModel for extractive question answering; the ``qa_outputs`` head is trained and saved too."""
 
 
 class PeftModelForFeatureExtraction(PeftModel):

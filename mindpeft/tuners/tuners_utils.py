@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from mindspore import nn
 
 from ..models.modeling_utils import sync_parameter_names
-from ..utils.constants import SEQ_CLS_HEAD_NAMES
+from ..utils.constants import HEAD_MODULE_NAMES
 from ..utils.other import ModulesToSaveWrapper, get_submodules, replace_child
 
 
@@ -259,7 +259,7 @@ class BaseTuner(nn.Cell):
 
     def _wrap_modules_to_save(self, model, modules_to_save, adapter_name):
         """Wrap each module named in ``modules_to_save``; a name that matches nothing is an error, except the
-        classifier names added for sequence classification when one of them matches."""
+        task head names the task PeftModels add, when another name matches."""
         found = set()
         for key, cell in list(model.cells_and_names()):
             if any(p in ("modules_to_save", "original_module") for p in key.split(".")):
@@ -277,7 +277,7 @@ class BaseTuner(nn.Cell):
                 wrapper.set_adapter(self.active_adapters[0])
                 replace_child(parent, name, wrapper)
         missing = [m for m in modules_to_save if m not in found]
-        if any(m not in SEQ_CLS_HEAD_NAMES for m in missing) or (missing and not found):
+        if any(m not in HEAD_MODULE_NAMES for m in missing) or (missing and not found):
             raise ValueError(f"modules_to_save {missing} not found in the base model")
 
     def _freeze_adapter(self, adapter_name):

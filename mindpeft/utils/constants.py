@@ -27,4 +27,7 @@ TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING = {
     "falcon": ["query_key_value"],
 }
 
-SEQ_CLS_HEAD_NAMES = ["classifier", "score"]
+# Task heads that PeftModel subclasses always train and save (added to ``modules_to_save``), as in HF peft.
+TASK_HEAD_MODULE_NAMES = {"SEQ_CLS": ["classifier", "score"], "TOKEN_CLS": ["classifier", "score"],
+                          "QUESTION_ANS": ["qa_outputs"]}
+HEAD_MODULE_NAMES = {name for names in TASK_HEAD_MODULE_NAMES.values() for name in names}

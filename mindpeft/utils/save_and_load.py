@@ -81,7 +81,7 @@ def set_peft_model_state_dict(model, state_dict, adapter_name="default"):
         return model.load_prompt_learning_state_dict(state_dict, adapter_name)
     params = dict(model.parameters_and_names())
     ckpt_to_model = {ck: mk for mk, ck in _adapter_parameter_keys(model, adapter_name).items()}
-    for mk, ck in list(ckpt_to_model.items()):
+    for mk in list(ckpt_to_model.values()):
         if ".modules_to_save." in mk:  # older HF peft wrote "<module>.modules_to_save.<param>"
             module, _, rest = mk.partition(f".modules_to_save.{adapter_name}.")
             ckpt_to_model.setdefault(f"{module}.modules_to_save.{rest}", mk)
