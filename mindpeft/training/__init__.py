@@ -1,2 +1,2 @@
 """Training helpers shared by the tutorials and scripts."""
-from .train_step import TrainStep, model_loss
+from .train_step import ForwardStep, TrainStep, model_loss

@@ -1,4 +1,8 @@
-"""A compiled training step that stays correct when adapters change."""
+"""Compiled training and evaluation steps that stay correct when adapters change.
+
+Graph mode bakes adapter state (active adapter, enabled, merged) and train/eval mode into the compiled graph,
+so these wrappers recompile whenever ``model.state_version`` or ``model.training`` changes.
+"""
 import mindspore as ms
 from mindspore import ops
 
@@ -12,12 +16,29 @@ def model_loss(model):
     return loss_fn
 
 
-class TrainStep:
-    """``loss = step(**batch)``: forward, gradients of ``optimizer.parameters`` and an optimizer update.
+class _StateAwareJit:
+    """Calls ``self._build()``'s function, rebuilt when the model's adapter state or train mode changes."""
 
-    With ``jit=True`` the step is compiled by ``mindspore.jit``. Graph mode bakes adapter state (active
-    adapter, enabled, merged) and train/eval mode into the graph, so the step recompiles whenever
-    ``model.state_version`` or ``model.training`` changes.
+    def __init__(self, model, jit=True):
+        self.model = model
+        self.jit = jit
+        self._fn = None
+        self._key = None
+
+    def _build(self):
+        raise NotImplementedError
+
+    def __call__(self, **batch):
+        key = (getattr(self.model, "state_version", None), self.model.training)
+        if self._fn is None or key != self._key:
+            fn = self._build()
+            self._fn = ms.jit(fn) if self.jit else fn
+            self._key = key
+        return self._fn(**batch)
+
+
+class TrainStep(_StateAwareJit):
+    """``loss = step(**batch)``: forward, gradients of ``optimizer.parameters`` and an optimizer update.
 
     Args:
         model: the (Peft) model; ``model.state_version`` is read when present.
@@ -27,15 +48,9 @@ class TrainStep:
     """
 
     def __init__(self, model, optimizer, loss_fn=None, jit=True):
-        self.model = model
+        super().__init__(model, jit)
         self.optimizer = optimizer
         self.loss_fn = loss_fn or model_loss(model)
-        self.jit = jit
-        self._step = None
-        self._key = None
-
-    def _state_key(self):
-        return getattr(self.model, "state_version", None), self.model.training
 
     def _build(self):
         grad_fn = ms.value_and_grad(self.loss_fn, None, self.optimizer.parameters)
@@ -45,11 +60,16 @@ class TrainStep:
             loss, grads = grad_fn(**batch)
             return ops.depend(loss, optimizer(grads))
 
-        return ms.jit(step) if self.jit else step
+        return step
 
-    def __call__(self, **batch):
-        key = self._state_key()
-        if self._step is None or key != self._key:
-            self._step = self._build()
-            self._key = key
-        return self._step(**batch)
+
+class ForwardStep(_StateAwareJit):
+    """``outputs = forward(**batch)``: the model's forward, compiled (for evaluation loops)."""
+
+    def _build(self):
+        model = self.model
+
+        def forward(**batch):
+            return model(**batch)
+
+        return forward
