@@ -4,11 +4,12 @@ __version__ = "0.1.0"
 from .auto import (AutoPeftModel, AutoPeftModelForCausalLM, AutoPeftModelForFeatureExtraction,
                    AutoPeftModelForQuestionAnswering, AutoPeftModelForSeq2SeqLM,
                    AutoPeftModelForSequenceClassification, AutoPeftModelForTokenClassification)
-from .config import PeftConfig
+from .config import PeftConfig, PromptLearningConfig
 from .mapping import PEFT_TYPE_TO_CONFIG_MAPPING, get_peft_model
 from .peft_model import (PeftModel, PeftModelForCausalLM, PeftModelForFeatureExtraction,
                          PeftModelForQuestionAnswering, PeftModelForSeq2SeqLM, PeftModelForSequenceClassification,
                          PeftModelForTokenClassification)
-from .tuners import LoraConfig, LoraModel
+from .tuners import (LoraConfig, LoraModel, PrefixEncoder, PrefixTuningConfig, PromptEmbedding, PromptEncoder,
+                     PromptEncoderConfig, PromptEncoderReparameterizationType, PromptTuningConfig, PromptTuningInit)
 from .utils import (PeftType, TaskType, get_peft_model_state_dict, load_peft_weights,
                     set_peft_model_state_dict)

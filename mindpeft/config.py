@@ -114,3 +114,31 @@ class PeftConfig(PeftConfigMixin):
             self.task_type = TaskType(value)
         if self.peft_type is not None:
             self.peft_type = PeftType(self.peft_type)
+
+
+@dataclass
+class PromptLearningConfig(PeftConfig):
+    """Fields of the methods that learn virtual tokens (prompt tuning, prefix tuning, P-tuning).
+
+    ``token_dim``, ``num_layers``, ``num_attention_heads`` and ``num_transformer_submodules`` are filled from the
+    base model's config when left ``None``.
+    """
+
+    num_virtual_tokens: int = field(default=None, metadata={"help": "Number of virtual tokens"})
+    token_dim: Optional[int] = field(default=None, metadata={"help": "Hidden size of the base model"})
+    num_transformer_submodules: Optional[int] = field(
+        default=None, metadata={"help": "Number of transformer submodules (2 for encoder-decoder)"})
+    num_attention_heads: Optional[int] = field(default=None, metadata={"help": "Number of attention heads"})
+    num_layers: Optional[int] = field(default=None, metadata={"help": "Number of transformer layers"})
+    modules_to_save: Optional[list] = field(
+        default=None, metadata={"help": "Modules trained in full and saved with the adapter (e.g. a classifier)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if (not isinstance(self.num_virtual_tokens, int) or isinstance(self.num_virtual_tokens, bool)
+                or self.num_virtual_tokens <= 0):
+            raise ValueError(f"num_virtual_tokens must be a positive integer, got {self.num_virtual_tokens!r}")
+
+    @property
+    def is_prompt_learning(self):
+        return True

@@ -3,11 +3,14 @@ import os
 from contextlib import contextmanager
 
 import numpy as np
-from mindspore import nn
+import mindspore as ms
+from mindspore import Tensor, nn, ops
 
 from .config import PeftConfig
+from .models.modeling_utils import sync_parameter_names
 from .utils.constants import TASK_HEAD_MODULE_NAMES
-from .utils.peft_types import TaskType
+from .utils.other import ModulesToSaveWrapper, wrap_modules_to_save
+from .utils.peft_types import PeftType, TaskType
 from .utils.save_and_load import (get_peft_model_state_dict, load_peft_weights, save_peft_weights,
                                   set_peft_model_state_dict)
 
@@ -15,13 +18,18 @@ from .utils.save_and_load import (get_peft_model_state_dict, load_peft_weights, 
 class PeftModel(nn.Cell):
     """Base model with adapters; ``construct`` forwards to the adapted model.
 
+    Layer-injecting methods (LoRA, IA3, ...) live in ``base_model``, a tuner wrapping the model. Prompt-learning
+    methods (prompt tuning, prefix tuning, P-tuning) keep the model as ``base_model`` and add ``prompt_encoder``,
+    whose virtual tokens the task subclasses prepend to the inputs (or, for prefix tuning, to every layer's keys
+    and values).
+
     Args:
         model: the base model, any ``mindspore.nn.Cell`` (mindpeft.models, mindnlp, mindone or your own).
         peft_config: the adapter configuration, e.g. a :class:`LoraConfig`.
         adapter_name: name of the first adapter.
     """
 
-    def __init__(self, model, peft_config, adapter_name="default"):
+    def __init__(self, model, peft_config, adapter_name="default", _encoded_prompts=False):
         super().__init__()
         from .mapping import PEFT_TYPE_TO_TUNER_MAPPING
 
@@ -32,7 +40,17 @@ class PeftModel(nn.Cell):
             peft_config.base_model_name_or_path = getattr(model, "name_or_path", None) or None
         self._prepare_config(peft_config)
         self.peft_type = peft_config.peft_type
-        self.base_model = PEFT_TYPE_TO_TUNER_MAPPING[key](model, {adapter_name: peft_config}, adapter_name)
+        self._is_prompt_learning = peft_config.is_prompt_learning
+        if self._is_prompt_learning:
+            self._prompt_configs = {}
+            self._prompt_adapter = adapter_name
+            self._prompt_state_version = 0
+            self._prompts_disabled = False
+            self.base_model = model
+            self.prompt_encoder = nn.CellDict()
+            self._add_prompt_adapter(adapter_name, peft_config, _encoded_prompts)
+        else:
+            self.base_model = PEFT_TYPE_TO_TUNER_MAPPING[key](model, {adapter_name: peft_config}, adapter_name)
         if peft_config.inference_mode:
             self.set_train(False)
 
@@ -45,20 +63,26 @@ class PeftModel(nn.Cell):
             return getattr(self.base_model, name)
 
     def construct(self, *args, **kwargs):
+        if self._is_prompt_learning and not self._prompts_disabled:
+            return self._prompt_forward(*args, **kwargs)
         return self.base_model(*args, **kwargs)
+
+    def _prompt_forward(self, *args, **kwargs):
+        raise ValueError(f"{type(self).__name__} does not support prompt learning; use get_peft_model with a "
+                         "config whose task_type is CAUSAL_LM, SEQ_2_SEQ_LM, SEQ_CLS or TOKEN_CLS")
 
     # ----- configuration and parameters -------------------------------------------------------------
     @property
     def peft_config(self):
-        return self.base_model.peft_config
+        return self._prompt_configs if self._is_prompt_learning else self.base_model.peft_config
 
     @property
     def active_adapter(self):
-        return self.base_model.active_adapter
+        return self._prompt_adapter if self._is_prompt_learning else self.base_model.active_adapter
 
     @property
     def active_adapters(self):
-        return self.base_model.active_adapters
+        return [self._prompt_adapter] if self._is_prompt_learning else self.base_model.active_adapters
 
     @property
     def active_peft_config(self):
@@ -67,10 +91,10 @@ class PeftModel(nn.Cell):
     @property
     def state_version(self):
         """Changes whenever adapter state read by compiled graphs changes (see :mod:`mindpeft.training`)."""
-        return self.base_model.state_version
+        return self._prompt_state_version if self._is_prompt_learning else self.base_model.state_version
 
     def get_base_model(self):
-        return self.base_model.model
+        return self.base_model if self._is_prompt_learning else self.base_model.model
 
     def get_nb_trainable_parameters(self):
         """``(trainable, total)`` parameter counts; each shared Parameter is counted once."""
@@ -98,6 +122,9 @@ class PeftModel(nn.Cell):
         if peft_config.base_model_name_or_path is None:
             peft_config.base_model_name_or_path = self.active_peft_config.base_model_name_or_path
         self._prepare_config(peft_config)
+        if self._is_prompt_learning:
+            self._add_prompt_adapter(adapter_name, peft_config)
+            return
         self.base_model.peft_config[adapter_name] = peft_config
         try:
             self.base_model.inject_adapter(self.base_model.model, adapter_name)
@@ -116,30 +143,134 @@ class PeftModel(nn.Cell):
         """Activate ``adapter_name``; a clear error if it does not exist."""
         if adapter_name not in self.peft_config:
             raise ValueError(f"Adapter {adapter_name!r} not found; available adapters: {list(self.peft_config)}")
+        if self._is_prompt_learning:
+            self._set_prompt_adapter(adapter_name)
+            return
         self.base_model.set_adapter(adapter_name)
 
     def delete_adapter(self, adapter_name):
-        self.base_model.delete_adapter(adapter_name)
+        if not self._is_prompt_learning:
+            self.base_model.delete_adapter(adapter_name)
+            return
+        if adapter_name not in self._prompt_configs:
+            raise ValueError(f"Adapter {adapter_name!r} does not exist; available: {list(self._prompt_configs)}")
+        if len(self._prompt_configs) == 1:
+            raise ValueError("Cannot delete the only prompt-learning adapter")
+        del self._prompt_configs[adapter_name]
+        del self.prompt_encoder[adapter_name]
+        if adapter_name == self._prompt_adapter:
+            self._set_prompt_adapter(next(iter(self._prompt_configs)))
 
     @contextmanager
     def disable_adapter(self):
         """Context manager running the plain base model (adapters off, merged weights unmerged)."""
-        with self.base_model._adapters_disabled():
+        if not self._is_prompt_learning:
+            with self.base_model._adapters_disabled():
+                yield
+            return
+        self._prompts_disabled = True
+        self._prompt_state_version += 1
+        try:
             yield
+        finally:
+            self._prompts_disabled = False
+            self._prompt_state_version += 1
+
+    def _tuner(self, operation):
+        if self._is_prompt_learning:
+            raise ValueError(f"{operation} is not supported for prompt learning methods ({self.peft_type.value}): "
+                             "their virtual tokens have no weights to merge")
+        return self.base_model
 
     def merge_adapter(self, adapter_names=None, safe_merge=False):
-        self.base_model.merge_adapter(adapter_names, safe_merge)
+        self._tuner("merge_adapter").merge_adapter(adapter_names, safe_merge)
 
     def unmerge_adapter(self):
-        self.base_model.unmerge_adapter()
+        self._tuner("unmerge_adapter").unmerge_adapter()
 
     def merge_and_unload(self, safe_merge=False, adapter_names=None):
         """Merge adapters into the base weights and return the base model without adapter layers."""
-        return self.base_model.merge_and_unload(safe_merge=safe_merge, adapter_names=adapter_names)
+        return self._tuner("merge_and_unload").merge_and_unload(safe_merge=safe_merge, adapter_names=adapter_names)
 
     def unload(self):
         """Return the base model with adapter layers removed and weights untouched."""
-        return self.base_model.unload()
+        return self._tuner("unload").unload()
+
+    # ----- prompt learning ---------------------------------------------------------------------------
+    def _add_prompt_adapter(self, adapter_name, config, encoded=False):
+        """Fill ``config`` from the model config, freeze the base model and build the prompt encoder."""
+        from .mapping import PEFT_TYPE_TO_TUNER_MAPPING
+
+        if adapter_name in self._prompt_configs:
+            raise ValueError(f"Adapter {adapter_name!r} already exists")
+        _prepare_prompt_learning_config(config, getattr(self.base_model, "config", None))
+        for name, param in self.base_model.parameters_and_names():
+            if ".modules_to_save." not in name:
+                param.requires_grad = False
+        if not hasattr(self, "word_embeddings"):
+            self.word_embeddings = _find_word_embeddings(self.base_model)
+        encoder_cls = PEFT_TYPE_TO_TUNER_MAPPING[config.peft_type.value]
+        if config.peft_type == PeftType.PROMPT_TUNING:
+            encoder = encoder_cls(config, self.word_embeddings, encoded)
+        else:
+            encoder = encoder_cls(config, encoded)
+        self._prompt_configs[adapter_name] = config
+        self.prompt_encoder[adapter_name] = encoder
+        if config.modules_to_save:
+            wrap_modules_to_save(self.base_model, config.modules_to_save, adapter_name, self._prompt_adapter)
+        sync_parameter_names(self)
+        self._set_prompt_adapter(self._prompt_adapter)
+        if config.inference_mode:
+            for param in encoder.get_parameters():
+                param.requires_grad = False
+
+    def _set_prompt_adapter(self, adapter_name):
+        config = self._prompt_configs[adapter_name]
+        for name, encoder in self.prompt_encoder.items():
+            for param in encoder.get_parameters():
+                param.requires_grad = name == adapter_name and not self._prompt_configs[name].inference_mode
+        for _, cell in self.base_model.cells_and_names():
+            if isinstance(cell, ModulesToSaveWrapper):
+                cell.set_adapter(adapter_name)
+        self._prompt_adapter = adapter_name
+        self._num_virtual_tokens = config.num_virtual_tokens
+        self._is_prefix = config.peft_type == PeftType.PREFIX_TUNING
+        self._prompt_token_count = (config.num_virtual_tokens if self._is_prefix
+                                    else config.num_virtual_tokens * config.num_transformer_submodules)
+        self._prefix_shape = (config.num_layers, config.num_attention_heads,
+                              config.token_dim // config.num_attention_heads, config.num_transformer_submodules)
+        self._prompt_state_version += 1
+
+    def _prompt_embeds(self, batch_size):
+        """The active adapter's virtual token embeddings, (batch, tokens, token_dim)."""
+        count = self._prompt_token_count
+        prompts = self.prompt_encoder[self._prompt_adapter](ops.arange(count).view(1, count))
+        return ops.broadcast_to(prompts, (batch_size, count, prompts.shape[-1]))
+
+    def _prefix_past(self, batch_size):
+        """Prefix-tuning key/values: per layer ``(key, value)``, plus ``(cross key, cross value)`` for
+        encoder-decoders, each (batch, heads, num_virtual_tokens, head_dim); HF peft's layout."""
+        num_layers, heads, head_dim, submodules = self._prefix_shape
+        tokens = self._num_virtual_tokens
+        kv = self._prompt_embeds(batch_size).view(batch_size, tokens, num_layers * 2, heads, head_dim)
+        if submodules == 2:
+            kv = ops.cat([kv, kv], axis=2)
+        kv = kv.transpose(2, 0, 3, 1, 4)
+        per_layer = 2 * submodules
+        return tuple(tuple(kv[i * per_layer + j] for j in range(per_layer)) for i in range(num_layers))
+
+    def _prefix_attention_mask(self, attention_mask):
+        if attention_mask is None:
+            return None
+        ones = ops.ones((attention_mask.shape[0], self._num_virtual_tokens), attention_mask.dtype)
+        return ops.cat([ones, attention_mask], axis=1)
+
+    def get_prompt_embedding_to_save(self, adapter_name):
+        """The encoded virtual tokens HF peft stores as ``prompt_embeddings``, as a numpy array."""
+        config = self._prompt_configs[adapter_name]
+        count = config.num_virtual_tokens * (1 if config.peft_type == PeftType.PREFIX_TUNING
+                                             else config.num_transformer_submodules)
+        return self.prompt_encoder[adapter_name](ops.arange(count).view(1, count))[0].asnumpy()
 
     # ----- saving and loading ------------------------------------------------------------------------
     def save_pretrained(self, save_directory, selected_adapters=None, **kwargs):
@@ -177,7 +308,10 @@ class PeftModel(nn.Cell):
         task = config.task_type.value if config.task_type is not None else None
         model_cls = cls if cls is not PeftModel else MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(task, PeftModel)
         weights = load_peft_weights(model_id)
-        peft_model = model_cls(model, config, adapter_name)
+        if config.is_prompt_learning:
+            peft_model = model_cls(model, config, adapter_name, _encoded_prompts=True)
+        else:
+            peft_model = model_cls(model, config, adapter_name)
         peft_model._load_weights(weights, adapter_name, is_trainable)
         return peft_model
 
@@ -187,35 +321,141 @@ class PeftModel(nn.Cell):
             config = PeftConfig.from_pretrained(model_id, **kwargs)
             config.inference_mode = not is_trainable
             weights = load_peft_weights(model_id)
-            self.add_adapter(adapter_name, config)
+            if self._is_prompt_learning and config.is_prompt_learning:
+                self._prepare_config(config)
+                self._add_prompt_adapter(adapter_name, config, encoded=True)
+            else:
+                self.add_adapter(adapter_name, config)
         else:
             weights = load_peft_weights(model_id)
         self._load_weights(weights, adapter_name, is_trainable)
 
     def _load_weights(self, weights, adapter_name, is_trainable):
         set_peft_model_state_dict(self, weights, adapter_name)
-        if not is_trainable:
+        if self._is_prompt_learning:  # training goes on from the stored (encoded) prompts
+            for param in self.prompt_encoder[adapter_name].get_parameters():
+                param.requires_grad = is_trainable and adapter_name == self._prompt_adapter
+        elif not is_trainable:
             self.base_model._freeze_adapter(adapter_name)
+        if not is_trainable:
             self.set_train(False)
 
     # ----- inference ---------------------------------------------------------------------------------
     def generate(self, *args, **kwargs):
+        if self._is_prompt_learning and not self._prompts_disabled:
+            return self._prompt_generate(*args, **kwargs)
         return self.get_base_model().generate(*args, **kwargs)
+
+    def _prompt_generate(self, *args, **kwargs):
+        raise ValueError(f"generate with prompt learning needs a CAUSAL_LM or SEQ_2_SEQ_LM model, not "
+                         f"{type(self).__name__}")
+
+
+def _batch_size(input_ids, inputs_embeds):
+    if input_ids is None and inputs_embeds is None:
+        raise ValueError("You have to provide either input_ids or inputs_embeds")
+    return (input_ids if input_ids is not None else inputs_embeds).shape[0]
 
 
 class PeftModelForCausalLM(PeftModel):
     """PeftModel for decoder-only language models (``TaskType.CAUSAL_LM``)."""
 
+    def _prompt_forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None,
+                        position_ids=None, token_type_ids=None, **kwargs):
+        batch = _batch_size(input_ids, inputs_embeds)
+        attention_mask = self._prefix_attention_mask(attention_mask)
+        if self._is_prefix:
+            return self.base_model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                                   labels=labels, past_key_values=self._prefix_past(batch), **kwargs)
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        if labels is not None:
+            ignore = ops.full((batch, self._num_virtual_tokens), -100, dtype=labels.dtype)
+            labels = ops.cat([ignore, labels], axis=1)
+        prompts = self._prompt_embeds(batch).astype(inputs_embeds.dtype)
+        return self.base_model(inputs_embeds=ops.cat([prompts, inputs_embeds], axis=1),
+                               attention_mask=attention_mask, labels=labels, **kwargs)
+
+    def _prompt_generate(self, input_ids=None, attention_mask=None, **kwargs):
+        """Prompt tuning / P-tuning: the prompts lead the embedded input; prefix tuning: the prefix is the
+        initial cache. Returns input ids followed by the new ids, as without adapters."""
+        if input_ids is None:
+            raise ValueError("generate with prompt learning needs input_ids")
+        batch, length = input_ids.shape
+        mask = attention_mask if attention_mask is not None else Tensor(np.ones((batch, length), np.int32))
+        mask = self._prefix_attention_mask(mask)
+        if self._is_prefix:
+            return self.base_model.generate(input_ids=input_ids, attention_mask=mask,
+                                            past_key_values=self._prefix_past(batch), **kwargs)
+        embeds = self.word_embeddings(input_ids)
+        embeds = ops.cat([self._prompt_embeds(batch).astype(embeds.dtype), embeds], axis=1)
+        new = self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        return ops.cat([input_ids.astype(ms.int64), new], axis=1)
+
 
 class PeftModelForSeq2SeqLM(PeftModel):
     """PeftModel for encoder-decoder language models (``TaskType.SEQ_2_SEQ_LM``)."""
 
+    def _prompt_forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, decoder_input_ids=None,
+                        decoder_attention_mask=None, decoder_inputs_embeds=None, labels=None, **kwargs):
+        batch = _batch_size(input_ids, inputs_embeds)
+        if self._is_prefix:
+            return self.base_model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                                   decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
+                                   decoder_inputs_embeds=decoder_inputs_embeds, labels=labels,
+                                   prefix_key_values=self._prefix_past(batch), **kwargs)
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        prompts = self._prompt_embeds(batch)[:, : self._num_virtual_tokens].astype(inputs_embeds.dtype)
+        return self.base_model(inputs_embeds=ops.cat([prompts, inputs_embeds], axis=1),
+                               attention_mask=self._prefix_attention_mask(attention_mask),
+                               decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
+                               decoder_inputs_embeds=decoder_inputs_embeds, labels=labels, **kwargs)
 
-class PeftModelForSequenceClassification(PeftModel):
+    def _prompt_generate(self, input_ids=None, attention_mask=None, **kwargs):
+        if input_ids is None:
+            raise ValueError("generate with prompt learning needs input_ids")
+        batch, length = input_ids.shape
+        mask = attention_mask if attention_mask is not None else Tensor(np.ones((batch, length), np.int32))
+        if self._is_prefix:
+            return self.base_model.generate(input_ids=input_ids, attention_mask=mask,
+                                            prefix_key_values=self._prefix_past(batch), **kwargs)
+        embeds = self.word_embeddings(input_ids)
+        prompts = self._prompt_embeds(batch)[:, : self._num_virtual_tokens].astype(embeds.dtype)
+        return self.base_model.generate(inputs_embeds=ops.cat([prompts, embeds], axis=1),
+                                        attention_mask=self._prefix_attention_mask(mask), **kwargs)
+
+
+class _PromptClassificationMixin:
+    """Prompt tuning / P-tuning / prefix tuning forward of the classification PeftModels."""
+
+    def _prompt_forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, token_type_ids=None,
+                        position_ids=None, **kwargs):
+        batch = _batch_size(input_ids, inputs_embeds)
+        attention_mask = self._prefix_attention_mask(attention_mask)
+        if self._is_prefix:
+            past = self._prefix_past(batch)
+            if token_type_ids is None:
+                return self.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                       inputs_embeds=inputs_embeds, past_key_values=past, **kwargs)
+            return self.base_model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                                   token_type_ids=token_type_ids, past_key_values=past, **kwargs)
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        prompts = self._prompt_embeds(batch).astype(inputs_embeds.dtype)
+        inputs_embeds = ops.cat([prompts, inputs_embeds], axis=1)
+        if token_type_ids is None:
+            return self.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        zeros = ops.zeros((batch, self._num_virtual_tokens), token_type_ids.dtype)
+        return self.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                               token_type_ids=ops.cat([zeros, token_type_ids], axis=1), **kwargs)
+
+
+class PeftModelForSequenceClassification(_PromptClassificationMixin, PeftModel):
     """PeftModel for sequence classification; the ``classifier``/``score`` head is trained and saved too."""
 
 
-class PeftModelForTokenClassification(PeftModel):
+class PeftModelForTokenClassification(_PromptClassificationMixin, PeftModel):
     """PeftModel for token classification; the ``classifier``/``score`` head is trained and saved too."""
 
 
@@ -235,3 +475,50 @@ TASK_TYPE_TO_PEFT_MODEL = {
     TaskType.QUESTION_ANS.value: PeftModelForQuestionAnswering,
     TaskType.FEATURE_EXTRACTION.value: PeftModelForFeatureExtraction,
 }
+
+
+def _find_word_embeddings(model):
+    """The model's input embedding Cell: ``get_input_embeddings()``, else the Cell whose weight has
+    vocab_size rows."""
+    if hasattr(model, "get_input_embeddings"):
+        try:
+            return model.get_input_embeddings()
+        except NotImplementedError:
+            pass
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    for name, cell in model.cells_and_names():
+        weight = getattr(cell, "weight", getattr(cell, "embedding_table", None))
+        if vocab is not None and weight is not None and weight.shape[0] == vocab and name:
+            return cell
+    raise ValueError("Could not find the word embeddings of the base model (define get_input_embeddings())")
+
+
+def _config_value(model_config, *names):
+    for name in names:
+        value = getattr(model_config, name, None) if model_config is not None else None
+        if value is not None:
+            return value
+    return None
+
+
+def _prepare_prompt_learning_config(config, model_config):
+    """Fill ``num_layers``, ``token_dim``, ``num_attention_heads`` (key/value heads for grouped-query
+    prefix tuning), ``num_transformer_submodules`` and ``encoder_hidden_size`` from the model config."""
+    if config.num_layers is None:
+        config.num_layers = _config_value(model_config, "num_hidden_layers", "num_layers", "n_layer")
+    if config.token_dim is None:
+        config.token_dim = _config_value(model_config, "hidden_size", "n_embd", "d_model")
+    if config.num_attention_heads is None:
+        config.num_attention_heads = _config_value(model_config, "num_attention_heads", "n_head", "num_heads")
+        kv_heads = _config_value(model_config, "num_key_value_heads")
+        if config.peft_type == PeftType.PREFIX_TUNING and kv_heads is not None and config.num_attention_heads:
+            config.token_dim = config.token_dim // config.num_attention_heads * kv_heads
+            config.num_attention_heads = kv_heads
+    for name in ("num_layers", "token_dim", "num_attention_heads"):
+        if getattr(config, name) is None:
+            raise ValueError(f"Please specify `{name}` in the config: the base model's config does not give it")
+    if config.num_transformer_submodules is None:
+        config.num_transformer_submodules = 2 if config.task_type == TaskType.SEQ_2_SEQ_LM else 1
+    if getattr(config, "encoder_hidden_size", "unset") is None:
+        config.encoder_hidden_size = config.token_dim
+    return config

@@ -133,14 +133,18 @@ class GenerationMixin:
                                              inputs_embeds=inputs_embeds)["last_hidden_state"]
         batch = encoder_outputs.shape[0]
         state = {"dec": np.full((batch, 1), start, np.int64), "past": None}
+        prefix = model_kwargs.pop("prefix_key_values", None)
 
         def step(last):
             if last is not None:
                 state["dec"] = np.concatenate([state["dec"], last[:, None]], 1)
             dec = state["dec"][:, -1:] if (use_cache and last is not None) else state["dec"]
+            kwargs = dict(model_kwargs)
+            if state["past"] is None and prefix is not None:
+                kwargs["prefix_key_values"] = prefix
             out = self(attention_mask=attention_mask, encoder_outputs=encoder_outputs,
                        decoder_input_ids=Tensor(dec, ms.int32), past_key_values=state["past"],
-                       use_cache=use_cache, **model_kwargs)
+                       use_cache=use_cache, **kwargs)
             if use_cache:
                 state["past"] = out["past_key_values"]
             return out["logits"][:, -1, :].asnumpy()

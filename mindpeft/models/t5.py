@@ -90,19 +90,20 @@ class T5Attention(nn.Cell):
         return values.transpose(2, 0, 1).view(1, self.num_heads, q_len, kv_len)
 
     def construct(self, hidden_states, key_value_states=None, position_bias=None, mask_bias=None,
-                  layer_past=None, use_cache=False):
+                  layer_past=None, use_cache=False, prefix=None):
+        """``layer_past``: cached (key, value); ``prefix``: prefix-tuning (key, value) put before the
+        self-attention keys when there is no cache yet."""
         query = split_heads(self.q(hidden_states), self.num_heads, self.d_kv)
-        if key_value_states is None:
-            key = split_heads(self.k(hidden_states), self.num_heads, self.d_kv)
-            value = split_heads(self.v(hidden_states), self.num_heads, self.d_kv)
-            if layer_past is not None:
-                key = ops.cat([layer_past[0], key], axis=-2)
-                value = ops.cat([layer_past[1], value], axis=-2)
-        elif layer_past is not None:
+        if key_value_states is not None and layer_past is not None:
             key, value = layer_past
         else:
-            key = split_heads(self.k(key_value_states), self.num_heads, self.d_kv)
-            value = split_heads(self.v(key_value_states), self.num_heads, self.d_kv)
+            source = hidden_states if key_value_states is None else key_value_states
+            key = split_heads(self.k(source), self.num_heads, self.d_kv)
+            value = split_heads(self.v(source), self.num_heads, self.d_kv)
+            before = layer_past if layer_past is not None else prefix
+            if before is not None:
+                key = ops.cat([before[0], key], axis=-2)
+                value = ops.cat([before[1], value], axis=-2)
         if position_bias is None:
             q_len, kv_len = query.shape[2], key.shape[2]
             if self.has_relative_attention_bias:
@@ -123,9 +124,10 @@ class T5LayerSelfAttention(nn.Cell):
         self.layer_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
         self.dropout = Dropout(config.dropout_rate)
 
-    def construct(self, hidden_states, position_bias=None, mask_bias=None, layer_past=None, use_cache=False):
+    def construct(self, hidden_states, position_bias=None, mask_bias=None, layer_past=None, use_cache=False,
+                  prefix=None):
         out, position_bias, present = self.SelfAttention(self.layer_norm(hidden_states), None, position_bias,
-                                                         mask_bias, layer_past, use_cache)
+                                                         mask_bias, layer_past, use_cache, prefix)
         return hidden_states + self.dropout(out), position_bias, present
 
 
@@ -191,10 +193,12 @@ class T5Block(nn.Cell):
         self.layer = nn.CellList(layers)
 
     def construct(self, hidden_states, position_bias=None, mask_bias=None, encoder_hidden_states=None,
-                  encoder_position_bias=None, encoder_mask_bias=None, layer_past=None, use_cache=False):
+                  encoder_position_bias=None, encoder_mask_bias=None, layer_past=None, use_cache=False,
+                  layer_prefix=None):
         self_past = None if layer_past is None else (layer_past[0], layer_past[1])
+        self_prefix = None if layer_prefix is None else (layer_prefix[0], layer_prefix[1])
         hidden_states, position_bias, self_present = self.layer[0](hidden_states, position_bias, mask_bias,
-                                                                   self_past, use_cache)
+                                                                   self_past, use_cache, self_prefix)
         present = self_present
         if self.is_decoder:
             cross_past = None if layer_past is None else (layer_past[2], layer_past[3])
@@ -218,11 +222,18 @@ class T5Stack(nn.Cell):
         self.dropout = Dropout(config.dropout_rate)
 
     def construct(self, input_ids=None, attention_mask=None, inputs_embeds=None, encoder_hidden_states=None,
-                  encoder_attention_mask=None, past_key_values=None, use_cache=False):
+                  encoder_attention_mask=None, past_key_values=None, use_cache=False, prefix_key_values=None):
+        """``prefix_key_values`` (decoder, prefix tuning): per layer a (key, value, ...) tuple whose first two
+        entries go before the self-attention keys. Cross-attention gets no prefix, as in HF peft, which empties
+        the cross-attention cache of its prefixes."""
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         q_len = inputs_embeds.shape[1]
-        past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        past_len = 0
+        if past_key_values is not None:
+            past_len = past_key_values[0][0].shape[2]
+        elif prefix_key_values is not None:
+            past_len = prefix_key_values[0][0].shape[2]
         kv_len = q_len + past_len
         mask_bias = attention_bias(attention_mask, q_len, kv_len, causal=self.is_decoder)
         encoder_mask_bias = None
@@ -234,9 +245,10 @@ class T5Stack(nn.Cell):
         presents = ()
         for i, block in enumerate(self.block):
             layer_past = None if past_key_values is None else past_key_values[i]
+            layer_prefix = None if prefix_key_values is None or past_key_values is not None else prefix_key_values[i]
             hidden_states, position_bias, encoder_position_bias, present = block(
                 hidden_states, position_bias, mask_bias, encoder_hidden_states, encoder_position_bias,
-                encoder_mask_bias, layer_past, use_cache)
+                encoder_mask_bias, layer_past, use_cache, layer_prefix)
             if use_cache:
                 presents = presents + (present,)
         hidden_states = self.dropout(self.final_layer_norm(hidden_states))
@@ -279,13 +291,13 @@ class T5ForConditionalGeneration(T5PreTrainedModel):
 
     def construct(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                   encoder_outputs=None, past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None,
-                  labels=None, use_cache=False):
+                  labels=None, use_cache=False, prefix_key_values=None):
         if encoder_outputs is None:
             encoder_outputs = self.encoder(input_ids, attention_mask, inputs_embeds)["last_hidden_state"]
         if decoder_input_ids is None and decoder_inputs_embeds is None and labels is not None:
             decoder_input_ids = shift_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
         dec = self.decoder(decoder_input_ids, decoder_attention_mask, decoder_inputs_embeds, encoder_outputs,
-                           attention_mask, past_key_values, use_cache)
+                           attention_mask, past_key_values, use_cache, prefix_key_values)
         sequence_output = dec["last_hidden_state"]
         if self.output_scale != 1.0:
             sequence_output = sequence_output * self.output_scale

@@ -12,8 +12,7 @@ from contextlib import contextmanager
 from mindspore import nn
 
 from ..models.modeling_utils import sync_parameter_names
-from ..utils.constants import HEAD_MODULE_NAMES
-from ..utils.other import ModulesToSaveWrapper, get_submodules, replace_child
+from ..utils.other import ModulesToSaveWrapper, get_submodules, replace_child, wrap_modules_to_save
 
 
 class ParameterDict(nn.Cell):
@@ -251,34 +250,11 @@ class BaseTuner(nn.Cell):
         self.set_adapter(self.active_adapters)
         self._mark_only_adapters_as_trainable(model)
         if config.modules_to_save:
-            self._wrap_modules_to_save(model, config.modules_to_save, adapter_name)
+            wrap_modules_to_save(model, config.modules_to_save, adapter_name, self.active_adapters[0])
         if config.inference_mode:
             self._freeze_adapter(adapter_name)
         sync_parameter_names(model)
         self._bump()
-
-    def _wrap_modules_to_save(self, model, modules_to_save, adapter_name):
-        """Wrap each module named in ``modules_to_save``; a name that matches nothing is an error, except the
-        task head names the task PeftModels add, when another name matches."""
-        found = set()
-        for key, cell in list(model.cells_and_names()):
-            if any(p in ("modules_to_save", "original_module") for p in key.split(".")):
-                continue
-            names = [m for m in modules_to_save if key == m or key.endswith(f".{m}")]
-            if not key or not names:
-                continue
-            found.update(names)
-            if isinstance(cell, ModulesToSaveWrapper):
-                cell.update(adapter_name)
-                cell.set_adapter(self.active_adapters[0])
-            else:
-                parent, _, name = get_submodules(model, key)
-                wrapper = ModulesToSaveWrapper(cell, adapter_name)
-                wrapper.set_adapter(self.active_adapters[0])
-                replace_child(parent, name, wrapper)
-        missing = [m for m in modules_to_save if m not in found]
-        if any(m not in HEAD_MODULE_NAMES for m in missing) or (missing and not found):
-            raise ValueError(f"modules_to_save {missing} not found in the base model")
 
     def _freeze_adapter(self, adapter_name):
         for name, param in self.model.parameters_and_names():

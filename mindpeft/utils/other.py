@@ -3,6 +3,8 @@ import copy
 
 from mindspore import nn
 
+from .constants import HEAD_MODULE_NAMES
+
 
 def get_submodule(model, key):
     """The Cell at dotted path ``key`` (list indexes are path parts, as in ``h.0.attn``)."""
@@ -91,3 +93,28 @@ class ModulesToSaveWrapper(nn.Cell):
         if self._use_copy:
             return self.modules_to_save[self.active_adapter](*args, **kwargs)
         return self.original_module(*args, **kwargs)
+
+
+def wrap_modules_to_save(model, modules_to_save, adapter_name, active_adapter):
+    """Wrap each module named in ``modules_to_save`` in a :class:`ModulesToSaveWrapper` (or add the adapter to an
+    existing wrapper). A name that matches nothing is an error, except the task head names (``classifier``,
+    ``score``, ``qa_outputs``) that task PeftModels add, as long as some name matches."""
+    found = set()
+    for key, cell in list(model.cells_and_names()):
+        if any(p in ("modules_to_save", "original_module") for p in key.split(".")):
+            continue
+        names = [m for m in modules_to_save if key == m or key.endswith(f".{m}")]
+        if not key or not names:
+            continue
+        found.update(names)
+        if isinstance(cell, ModulesToSaveWrapper):
+            cell.update(adapter_name)
+            cell.set_adapter(active_adapter)
+        else:
+            parent, _, name = get_submodules(model, key)
+            wrapper = ModulesToSaveWrapper(cell, adapter_name)
+            wrapper.set_adapter(active_adapter)
+            replace_child(parent, name, wrapper)
+    missing = [m for m in modules_to_save if m not in found]
+    if any(m not in HEAD_MODULE_NAMES for m in missing) or (missing and not found):
+        raise ValueError(f"modules_to_save {missing} not found in the base model")

@@ -9,6 +9,8 @@ from ..models.modeling_utils import assign, load_safetensors, to_numpy
 from .constants import EMBEDDING_LAYER_NAMES, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 from .other import ModulesToSaveWrapper
 
+PROMPT_EMBEDDINGS_KEY = "prompt_embeddings"
+
 
 def remove_adapter_name(key, adapter_name):
     """``a.lora_A.default.weight`` -> ``a.lora_A.weight``; ``a.lora_embedding_A.default`` -> ``a.lora_embedding_A``."""
@@ -62,11 +64,11 @@ def get_peft_model_state_dict(model, adapter_name="default"):
     """``{HF peft key: numpy array}`` of the adapter ``adapter_name`` of a PeftModel."""
     config = model.peft_config[adapter_name]
     params = dict(model.parameters_and_names())
-    if getattr(config, "is_prompt_learning", False):
-        return model.prompt_learning_state_dict(adapter_name)
     out = {ck: to_numpy(params[mk]) for mk, ck in _adapter_parameter_keys(model, adapter_name).items()}
     for key in _extra_parameter_keys(model, config):
         out[key] = to_numpy(params[key])
+    if config.is_prompt_learning:
+        out[PROMPT_EMBEDDINGS_KEY] = model.get_prompt_embedding_to_save(adapter_name)
     return out
 
 
@@ -77,9 +79,13 @@ def set_peft_model_state_dict(model, state_dict, adapter_name="default"):
     list of adapter parameters the checkpoint did not contain.
     """
     config = model.peft_config[adapter_name]
-    if getattr(config, "is_prompt_learning", False):
-        return model.load_prompt_learning_state_dict(state_dict, adapter_name)
     params = dict(model.parameters_and_names())
+    if config.is_prompt_learning:
+        state_dict = dict(state_dict)
+        if PROMPT_EMBEDDINGS_KEY not in state_dict:
+            raise ValueError(f"The prompt-learning adapter checkpoint has no '{PROMPT_EMBEDDINGS_KEY}' tensor")
+        assign(model.prompt_encoder[adapter_name].embedding.weight, state_dict.pop(PROMPT_EMBEDDINGS_KEY),
+               PROMPT_EMBEDDINGS_KEY)
     ckpt_to_model = {ck: mk for mk, ck in _adapter_parameter_keys(model, adapter_name).items()}
     for mk in list(ckpt_to_model.values()):
         if ".modules_to_save." in mk:  # older HF peft wrote "<module>.modules_to_save.<param>"

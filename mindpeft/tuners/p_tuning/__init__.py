@@ -1,0 +1,2 @@
+from .config import PromptEncoderConfig, PromptEncoderReparameterizationType
+from .model import LSTM, PromptEncoder

@@ -1,0 +1,2 @@
+from .config import PrefixTuningConfig
+from .model import PrefixEncoder

@@ -1,0 +1,2 @@
+from .config import PromptTuningConfig, PromptTuningInit
+from .model import PromptEmbedding
