@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 from mindspore import nn
 
+from ..models.layers import Conv1D, Linear
 from ..models.modeling_utils import sync_parameter_names
 from ..utils.other import ModulesToSaveWrapper, get_submodules, replace_child, wrap_modules_to_save
 
@@ -84,6 +85,22 @@ def get_pattern_key(pattern_keys, key):
     for pattern in pattern_keys:
         if re.match(rf"(.*\.)?({pattern})$", key):
             return pattern
+    return None
+
+
+def base_weight(layer):
+    """The weight Parameter of a supported base layer (``embedding_table`` for ``mindspore.nn.Embedding``)."""
+    return layer.weight if hasattr(layer, "weight") else layer.embedding_table
+
+
+def layer_features(layer):
+    """``(in_features, out_features)`` of a linear-like base layer, or ``None`` for an unsupported one."""
+    if isinstance(layer, Linear):
+        return layer.in_features, layer.out_features
+    if isinstance(layer, Conv1D):
+        return layer.nx, layer.nf
+    if isinstance(layer, nn.Dense):
+        return layer.in_channels, layer.out_channels
     return None
 
 
@@ -218,8 +235,6 @@ class BaseTuner(nn.Cell):
 
     def _expand_all_linear(self, config, model):
         """Replace ``target_modules='all-linear'`` with every linear layer's name except the output head."""
-        from ..models.layers import Conv1D, Linear
-
         names = set()
         for key, cell in model.cells_and_names():
             if isinstance(cell, (Linear, Conv1D, nn.Dense)):

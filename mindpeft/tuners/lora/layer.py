@@ -7,27 +7,11 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from ...models.layers import Conv1D, Dropout, Embedding as EmbeddingLayer, Linear as LinearLayer
-from ..tuners_utils import BaseTunerLayer, ParameterDict
+from ..tuners_utils import BaseTunerLayer, ParameterDict, base_weight, layer_features
 
 
 def _param_from(array):
     return Parameter(Tensor(np.ascontiguousarray(array, dtype=np.float32)))
-
-
-def base_weight(layer):
-    """The weight Parameter of a supported base layer (``embedding_table`` for ``mindspore.nn.Embedding``)."""
-    return layer.weight if hasattr(layer, "weight") else layer.embedding_table
-
-
-def layer_features(layer):
-    """``(in_features, out_features)`` of a linear-like base layer, or ``None`` for an unsupported one."""
-    if isinstance(layer, LinearLayer):
-        return layer.in_features, layer.out_features
-    if isinstance(layer, Conv1D):
-        return layer.nx, layer.nf
-    if isinstance(layer, nn.Dense):
-        return layer.in_channels, layer.out_channels
-    return None
 
 
 class LoraLayer(BaseTunerLayer):
