@@ -1,6 +1,7 @@
 """Base class of mindpeft's models: HF ``model.safetensors`` loading and saving by HF key names."""
 import os
 import warnings
+from collections import Counter
 
 import numpy as np
 import mindspore as ms
@@ -19,10 +20,18 @@ def named_parameters(cell):
 
 
 def sync_parameter_names(cell):
-    """Give every Parameter its structural name, so names are unique (graph mode and optimizers need this)."""
-    for name, param in cell.parameters_and_names():
-        if param.name != name:
-            param.name = name
+    """Give every Parameter its structural name, so names are unique (graph mode and optimizers need this).
+
+    ``cell`` may sit inside a parent that prefixed its names (``base_model.model.``); the prefix most of its
+    Parameters already carry is kept.
+    """
+    named = list(cell.parameters_and_names())
+    prefixes = Counter(p.name[: len(p.name) - len(n)] for n, p in named
+                       if p.name.endswith(n) and (len(p.name) == len(n) or p.name[-len(n) - 1] == "."))
+    prefix = prefixes.most_common(1)[0][0] if prefixes else ""
+    for name, param in named:
+        if param.name != prefix + name:
+            param.name = prefix + name
 
 
 def to_numpy(param):

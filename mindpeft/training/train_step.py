@@ -45,20 +45,26 @@ class TrainStep(_StateAwareJit):
         optimizer: a ``mindspore.nn.Optimizer`` over the parameters to train, e.g. ``model.trainable_params()``.
         loss_fn: ``(**batch) -> scalar loss``; defaults to ``model(**batch)["loss"]``.
         jit: compile with ``mindspore.jit`` (about 3x faster than PyNative on CPU).
+        return_grads: return ``(loss, grads)``; AdaLoRA's ``update_and_allocate`` needs the gradients.
     """
 
-    def __init__(self, model, optimizer, loss_fn=None, jit=True):
+    def __init__(self, model, optimizer, loss_fn=None, jit=True, return_grads=False):
         super().__init__(model, jit)
         self.optimizer = optimizer
         self.loss_fn = loss_fn or model_loss(model)
+        self.return_grads = return_grads
 
     def _build(self):
         grad_fn = ms.value_and_grad(self.loss_fn, None, self.optimizer.parameters)
         optimizer = self.optimizer
+        return_grads = self.return_grads
 
         def step(**batch):
             loss, grads = grad_fn(**batch)
-            return ops.depend(loss, optimizer(grads))
+            loss = ops.depend(loss, optimizer(grads))
+            if return_grads:
+                return loss, grads
+            return loss
 
         return step
 

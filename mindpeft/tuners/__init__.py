@@ -1,3 +1,4 @@
+from .adalora import AdaLoraConfig, AdaLoraModel
 from .ia3 import IA3Config, IA3Model
 from .lora import LoraConfig, LoraModel
 from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType

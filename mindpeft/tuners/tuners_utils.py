@@ -369,3 +369,10 @@ class BaseTuner(nn.Cell):
 
     def get_base_model(self):
         return self.model
+
+    def _postprocess_state_dict(self, state_dict, adapter_name):
+        """Hook: adjust the adapter's state dict before saving (AdaLoRA drops pruned ranks)."""
+        return state_dict
+
+    def _prepare_for_loading(self, adapter_name):
+        """Hook: reshape adapter layers before a checkpoint is loaded into them (AdaLoRA's rank pattern)."""

@@ -69,6 +69,8 @@ def get_peft_model_state_dict(model, adapter_name="default"):
         out[key] = to_numpy(params[key])
     if config.is_prompt_learning:
         out[PROMPT_EMBEDDINGS_KEY] = model.get_prompt_embedding_to_save(adapter_name)
+    else:
+        out = model.base_model._postprocess_state_dict(out, adapter_name)
     return out
 
 
@@ -79,13 +81,15 @@ def set_peft_model_state_dict(model, state_dict, adapter_name="default"):
     list of adapter parameters the checkpoint did not contain.
     """
     config = model.peft_config[adapter_name]
-    params = dict(model.parameters_and_names())
     if config.is_prompt_learning:
         state_dict = dict(state_dict)
         if PROMPT_EMBEDDINGS_KEY not in state_dict:
             raise ValueError(f"The prompt-learning adapter checkpoint has no '{PROMPT_EMBEDDINGS_KEY}' tensor")
         assign(model.prompt_encoder[adapter_name].embedding.weight, state_dict.pop(PROMPT_EMBEDDINGS_KEY),
                PROMPT_EMBEDDINGS_KEY)
+    else:
+        model.base_model._prepare_for_loading(adapter_name)
+    params = dict(model.parameters_and_names())
     ckpt_to_model = {ck: mk for mk, ck in _adapter_parameter_keys(model, adapter_name).items()}
     for mk in list(ckpt_to_model.values()):
         if ".modules_to_save." in mk:  # older HF peft wrote "<module>.modules_to_save.<param>"

@@ -59,6 +59,9 @@ class LoraConfig(PeftConfig):
             raise ValueError("`layers_pattern` cannot be used when `target_modules` is a str.")
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified.")
+        self._check_rank_pattern()
+
+    def _check_rank_pattern(self):
         for pattern, rank in (self.rank_pattern or {}).items():
             if not isinstance(rank, int) or rank <= 0:
                 raise ValueError(f"rank_pattern[{pattern!r}] must be a positive integer, got {rank!r}")
