@@ -87,8 +87,12 @@ class LlamaAttention(nn.Cell):
         batch, seq = hidden_states.shape[0], hidden_states.shape[1]
         return proj(hidden_states).view(batch, seq, heads, self.head_dim).swapaxes(1, 2)
 
+    def query_states(self, hidden_states, cos, sin):
+        """Rotary-embedded queries, (batch, heads, seq, head_dim)."""
+        return apply_rotary_pos_emb(self.project(self.q_proj, hidden_states, self.num_heads), cos, sin)
+
     def construct(self, hidden_states, cos, sin, bias=None, layer_past=None, use_cache=False):
-        query = apply_rotary_pos_emb(self.project(self.q_proj, hidden_states, self.num_heads), cos, sin)
+        query = self.query_states(hidden_states, cos, sin)
         key = apply_rotary_pos_emb(self.project(self.k_proj, hidden_states, self.num_kv_heads), cos, sin)
         value = self.project(self.v_proj, hidden_states, self.num_kv_heads)
         if layer_past is not None:

@@ -1,4 +1,5 @@
 from .adalora import AdaLoraConfig, AdaLoraModel
+from .adaption_prompt import AdaptionPromptConfig, AdaptionPromptModel
 from .ia3 import IA3Config, IA3Model
 from .lora import LoraConfig, LoraModel
 from .p_tuning import PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType

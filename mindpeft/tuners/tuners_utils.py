@@ -145,6 +145,10 @@ class BaseTunerLayer:
                     names.append(name)
         return names
 
+    def adapter_parameter_names(self, adapter_name):
+        """Paths (relative to this layer) of the parameters that belong to ``adapter_name``."""
+        return [f"{layer_name}.{adapter_name}" for layer_name in self.adapter_layer_names]
+
     def _refresh_active(self):
         held = self.adapter_names()
         self._active_in_layer = tuple(n for n in self.active_adapters if n in held)

@@ -27,8 +27,8 @@ def _adapter_parameter_keys(model, adapter_name):
     mapping = {}
     for cell_name, cell in model.cells_and_names():
         if isinstance(cell, BaseTunerLayer):
-            for layer_name in cell.adapter_layer_names:
-                prefix = f"{cell_name}.{layer_name}.{adapter_name}"
+            for relative in cell.adapter_parameter_names(adapter_name):
+                prefix = f"{cell_name}.{relative}"
                 for key in params:
                     if key == prefix or key.startswith(prefix + "."):
                         mapping[key] = remove_adapter_name(key, adapter_name)
