@@ -17,6 +17,21 @@ from mindspore import Tensor  # noqa: E402
 transformers.logging.set_verbosity_error()
 torch.set_num_threads(1)
 
+# MindSpore 2.10 keys its cache of parsed Cells by class name and id() (mindspore/graph/_parse/parser.py,
+# get_object_key). A suite that creates and frees hundreds of models can get a freed Cell's id reused by a new
+# Cell of the same class, and a later jit compile then picks up the stale parse. Keeping every Cell alive for the
+# session rules that out (the models are tiny).
+_ALL_CELLS = []
+_cell_init = ms.nn.Cell.__init__
+
+
+def _init_and_keep(self, *args, **kwargs):
+    _cell_init(self, *args, **kwargs)
+    _ALL_CELLS.append(self)
+
+
+ms.nn.Cell.__init__ = _init_and_keep
+
 VOCAB = 96
 
 TINY_CONFIGS = {

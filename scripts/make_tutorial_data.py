@@ -1,0 +1,75 @@
+"""Writes the small synthetic data sets the tutorials use (deterministic; no downloads).
+
+    python scripts/make_tutorial_data.py
+
+- tutorials/data/financial_sentiment.csv: sentence,text_label (negative/neutral/positive), in the style of
+  financial_phrasebank.
+- tutorials/data/movie_reviews.csv: sentence,label (0 negative, 1 positive), in the style of SST-2.
+"""
+import csv
+import os
+import random
+
+COMPANIES = ["Nokia", "Fiskars", "Kone", "Wartsila", "Stora Enso", "Outokumpu", "Elisa", "Orion", "Metso",
+             "Sampo", "Neste", "UPM", "Kesko", "Tieto", "Ramirent", "Aspo", "Cargotec", "Huhtamaki"]
+METRICS = ["net sales", "operating profit", "net profit", "revenue", "earnings per share", "order intake",
+           "operating margin", "cash flow"]
+PERIODS = ["in the first quarter", "in the second quarter", "in 2009", "in the third quarter", "for the year",
+           "in January-June", "compared to last year"]
+TEMPLATES = {
+    "positive": ["{c} said its {m} rose {n} percent {p} .", "{c} reported a strong increase in {m} {p} .",
+                 "{m} of {c} grew to EUR {n} million {p} , beating expectations .",
+                 "{c} wins a major contract and expects {m} to improve {p} .",
+                 "Shares of {c} jumped after {m} increased {p} ."],
+    "negative": ["{c} said its {m} fell {n} percent {p} .", "{c} reported a sharp decline in {m} {p} .",
+                 "{m} of {c} dropped to EUR {n} million {p} , missing expectations .",
+                 "{c} warns of lower {m} and will cut jobs {p} .",
+                 "Shares of {c} slumped after {m} decreased {p} ."],
+    "neutral": ["{c} will publish its {m} figures {p} .", "{c} is headquartered in Helsinki and reports {m} {p} .",
+                "The annual general meeting of {c} discussed {m} {p} .",
+                "{c} appointed a new chief financial officer responsible for {m} .",
+                "{c} operates in {n} countries and reports {m} {p} ."],
+}
+REVIEWS = {
+    1: ["a {a} and {b} film", "the acting is {a} and the story is {b}", "one of the most {a} movies of the year",
+        "{a} , {b} and surprisingly moving", "a {a} performance that makes the film {b}"],
+    0: ["a {a} and {b} film", "the acting is {a} and the story is {b}", "one of the most {a} movies of the year",
+        "{a} , {b} and painfully long", "a {a} performance that makes the film {b}"],
+}
+ADJECTIVES = {1: ["wonderful", "brilliant", "charming", "delightful", "gripping", "funny", "beautiful", "smart"],
+              0: ["boring", "dull", "clumsy", "tedious", "awful", "predictable", "lifeless", "weak"]}
+
+
+def financial_rows(rng, per_label=120):
+    rows = []
+    for label, templates in TEMPLATES.items():
+        for _ in range(per_label):
+            sentence = rng.choice(templates).format(c=rng.choice(COMPANIES), m=rng.choice(METRICS),
+                                                    p=rng.choice(PERIODS), n=rng.randint(2, 90))
+            rows.append({"sentence": sentence, "text_label": label})
+    rng.shuffle(rows)
+    return rows
+
+
+def review_rows(rng, per_label=150):
+    rows = []
+    for label, templates in REVIEWS.items():
+        for _ in range(per_label):
+            a, b = rng.sample(ADJECTIVES[label], 2)
+            rows.append({"sentence": rng.choice(templates).format(a=a, b=b), "label": label})
+    rng.shuffle(rows)
+    return rows
+
+
+def write(path, rows):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tutorials", "data")
+    write(os.path.join(root, "financial_sentiment.csv"), financial_rows(random.Random(0)))
+    write(os.path.join(root, "movie_reviews.csv"), review_rows(random.Random(1)))
