@@ -16,7 +16,11 @@ class Tokenizer:
         pad_token, eos_token, bos_token, unk_token: special token strings (looked up in the vocabulary).
     """
 
-    def __init__(self, tokenizer, pad_token=None, eos_token=None, bos_token=None, unk_token=None):
+    def __init__(self, tokenizer, pad_token=None, eos_token=None, bos_token=None, unk_token=None,
+                 padding_side="right"):
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+        self.padding_side = padding_side
         self._tokenizer = tokenizer
         self.special_tokens = {k: v for k, v in dict(pad_token=pad_token, eos_token=eos_token, bos_token=bos_token,
                                                      unk_token=unk_token).items() if v is not None}
@@ -72,7 +76,8 @@ class Tokenizer:
     def __call__(self, texts, max_length=None, padding="longest", truncation=True, add_special_tokens=True):
         """``{"input_ids", "attention_mask"}`` int32 arrays of shape (batch, length) for a string or a list.
 
-        ``padding``: ``"longest"``, ``"max_length"`` (pads to ``max_length``) or ``False`` (lists, unpadded).
+        ``padding``: ``"longest"``, ``"max_length"`` (pads to ``max_length``) or ``False`` (lists, unpadded);
+        pads on ``self.padding_side``.
         """
         single = isinstance(texts, str)
         encoded = [self.encode(t, add_special_tokens) for t in ([texts] if single else texts)]
@@ -94,8 +99,9 @@ class Tokenizer:
         input_ids = np.full((len(encoded), length), self.pad_token_id, np.int32)
         mask = np.zeros((len(encoded), length), np.int32)
         for row, ids in enumerate(encoded):
-            input_ids[row, : len(ids)] = ids
-            mask[row, : len(ids)] = 1
+            span = slice(length - len(ids), length) if self.padding_side == "left" else slice(0, len(ids))
+            input_ids[row, span] = ids
+            mask[row, span] = 1
         if single:
             return {"input_ids": input_ids[0], "attention_mask": mask[0]}
         return {"input_ids": input_ids, "attention_mask": mask}

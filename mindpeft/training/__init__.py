@@ -2,5 +2,5 @@
 from .data import (BaseMapFunction, CausalLMTokenize, ClassificationTokenize, Seq2SeqTokenize, build_dataset,
                    read_csv, train_test_split)
 from .loop import classification_accuracy, evaluate, generation_accuracy, train_epoch
-from .schedules import linear_schedule_with_warmup
+from .schedules import LinearScheduleWithWarmup, linear_schedule_with_warmup
 from .train_step import ForwardStep, TrainStep, model_loss

@@ -1,5 +1,6 @@
 """Epoch loops with tqdm progress bars: training, evaluation and generation over ``mindspore.dataset``s."""
 import math
+import weakref
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -7,8 +8,20 @@ from tqdm.auto import tqdm
 from .train_step import ForwardStep
 
 
+_FORWARD_STEPS = weakref.WeakKeyDictionary()
+
+
 def _batches(dataset):
     return dataset.create_dict_iterator(num_epochs=1)
+
+
+def _forward_step(model, forward):
+    """The given forward, else one compiled ForwardStep per model, reused across evaluations."""
+    if forward is not None:
+        return forward
+    if model not in _FORWARD_STEPS:
+        _FORWARD_STEPS[model] = ForwardStep(model)
+    return _FORWARD_STEPS[model]
 
 
 def train_epoch(step, dataset, desc="train", progress=True, on_step=None):
@@ -30,7 +43,7 @@ def train_epoch(step, dataset, desc="train", progress=True, on_step=None):
 def evaluate(model, dataset, desc="eval", progress=True, forward=None):
     """Mean loss and perplexity of ``model`` over ``dataset`` (in eval mode, compiled unless ``forward`` given)."""
     model.set_train(False)
-    forward = forward or ForwardStep(model)
+    forward = _forward_step(model, forward)
     losses = [float(forward(**batch)["loss"])
               for batch in tqdm(_batches(dataset), total=dataset.get_dataset_size(), desc=desc,
                                 disable=not progress, leave=False)]
@@ -41,7 +54,7 @@ def evaluate(model, dataset, desc="eval", progress=True, forward=None):
 def classification_accuracy(model, dataset, progress=True, forward=None):
     """Share of rows whose argmax logit equals ``labels``."""
     model.set_train(False)
-    forward = forward or ForwardStep(model)
+    forward = _forward_step(model, forward)
     correct = total = 0
     for batch in tqdm(_batches(dataset), total=dataset.get_dataset_size(), desc="accuracy", disable=not progress,
                       leave=False):
