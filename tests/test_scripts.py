@@ -1,0 +1,64 @@
+"""scripts/train.py trains every method, writes adapter + metrics, and resumes; scripts/bench.py runs tiny."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mindpeft import PeftModel
+from mindpeft.models import GPT2Config, GPT2ForSequenceClassification, train_word_level_tokenizer
+from mindpeft.training import read_csv
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+DATA = os.path.join(ROOT, "tutorials", "data", "movie_reviews.csv")
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("tiny_gpt2_cls"))
+    tokenizer = train_word_level_tokenizer([r["sentence"] for r in read_csv(DATA)], eos_token=None)
+    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+                        pad_token_id=tokenizer.pad_token_id, num_labels=2)
+    GPT2ForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _args(model, out, method, epochs):
+    return ["--method", method, "--model", model, "--data", DATA, "--output-dir", str(out), "--epochs", str(epochs),
+            "--max-rows", "96", "--batch-size", "16", "--max-length", "12", "--no-progress", "--lr", "1e-2"]
+
+
+def test_train_resumes_after_the_last_finished_epoch(tiny_classifier, tmp_path, capsys):
+    first = train.main(_args(tiny_classifier, tmp_path, "lora", 1))
+    assert [m["epoch"] for m in first] == [0]
+    history = train.main(_args(tiny_classifier, tmp_path, "lora", 3))
+    assert "resuming after epoch 0 (step 5)" in capsys.readouterr().out
+    assert [m["epoch"] for m in history] == [0, 1, 2] and history[0] == first[0]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    metrics = json.load(open(tmp_path / "metrics.json"))
+    assert metrics["task"] == "SEQ_CLS" and metrics["history"] == history
+    assert 0.0 <= history[-1]["eval_accuracy"] <= 1.0
+    state = json.load(open(tmp_path / "checkpoint" / "trainer_state.json"))
+    assert state["global_step"] == 15
+    train.main(_args(tiny_classifier, tmp_path, "lora", 3))
+    assert "nothing to train" in capsys.readouterr().out
+    model = PeftModel.from_pretrained(GPT2ForSequenceClassification.from_pretrained(tiny_classifier),
+                                      str(tmp_path / "adapter"))
+    assert model.peft_config["default"].peft_type.value == "LORA"
+    with pytest.raises(SystemExit, match="holds a lora run"):
+        train.main(_args(tiny_classifier, tmp_path, "ia3", 4))
+
+
+@pytest.mark.parametrize("method", ["prefix", "ptuning", "prompt", "ia3", "adalora"])
+def test_train_every_method(tiny_classifier, tmp_path, method):
+    history = train.main(_args(tiny_classifier, tmp_path, method, 2))
+    assert len(history) == 2 and all(m["eval_loss"] > 0 for m in history)
+    config = json.load(open(tmp_path / "adapter" / "adapter_config.json"))
+    assert config["peft_type"] == {"prefix": "PREFIX_TUNING", "ptuning": "P_TUNING", "prompt": "PROMPT_TUNING",
+                                   "ia3": "IA3", "adalora": "ADALORA"}[method]
+    if method == "adalora":
+        assert config["rank_pattern"]
