@@ -62,3 +62,14 @@ def test_train_every_method(tiny_classifier, tmp_path, method):
                                    "ia3": "IA3", "adalora": "ADALORA"}[method]
     if method == "adalora":
         assert config["rank_pattern"]
+
+
+def test_bench_tiny_prints_every_row():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--tiny", "--steps", "1",
+                             "--batch-size", "2", "--seq-len", "16"], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "GLOG_v": "3"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    for row in ["mindpeft LoRA step, PyNative", "mindpeft LoRA step, jit", "mindpeft full fine-tune step, jit",
+                "torch + HF peft LoRA step", "LoRA jit speed-up over PyNative", "mindpeft LoRA jit / torch LoRA",
+                "adapter / full checkpoint size", "peak memory, LoRA / full fine-tune"]:
+        assert f"| {row}" in result.stdout
