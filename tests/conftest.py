@@ -113,3 +113,14 @@ def max_diff(a, b):
 def _seed():
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+def ms_logits(model, inputs):
+    """``model``'s logits (numpy) for a dict of numpy id arrays."""
+    return model(**{k: ms_ids(v) for k, v in inputs.items()})["logits"].asnumpy()
+
+
+def torch_logits(model, inputs):
+    """A torch model's logits (numpy) for a dict of numpy id arrays."""
+    with torch.no_grad():
+        return model(**{k: torch_ids(v) for k, v in inputs.items()}).logits.numpy()

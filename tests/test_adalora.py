@@ -3,11 +3,9 @@ import numpy as np
 import peft
 import pytest
 import torch
-import transformers
 import mindspore as ms
 from mindspore import Tensor, nn
 
-import mindpeft
 from mindpeft import AdaLoraConfig, PeftModel, get_peft_model
 from mindpeft.models import AutoModelForCausalLM
 from mindpeft.training import TrainStep, model_loss

@@ -3,7 +3,7 @@ import numpy as np
 import peft
 import pytest
 import torch
-from mindspore import Tensor, nn
+from mindspore import nn
 
 from mindpeft import AdaptionPromptConfig, PeftModel, get_peft_model
 from mindpeft.models import LlamaForCausalLM

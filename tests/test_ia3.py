@@ -3,13 +3,12 @@ import numpy as np
 import peft
 import pytest
 import torch
-from mindspore import Tensor, nn
+from mindspore import nn
 
-import mindpeft
 from mindpeft import IA3Config, PeftModel, get_peft_model
 from mindpeft.models import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 from mindpeft.training import TrainStep
-from conftest import max_diff, ms_ids, rand_ids, torch_ids, torch_model
+from conftest import max_diff, ms_ids, ms_logits, rand_ids, torch_logits, torch_model
 
 AUTO = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "seq_cls": AutoModelForSequenceClassification}
 CASES = [("gpt2", "causal", "CAUSAL_LM", {}), ("t5", "seq2seq", "SEQ_2_SEQ_LM", {}),
@@ -25,15 +24,6 @@ def _inputs(head):
     return inputs
 
 
-def _ms(model, inputs):
-    return model(**{k: ms_ids(v) for k, v in inputs.items()})["logits"].asnumpy()
-
-
-def _torch(model, inputs):
-    with torch.no_grad():
-        return model(**{k: torch_ids(v) for k, v in inputs.items()}).logits.numpy()
-
-
 @pytest.mark.parametrize("family,head,task,extra", CASES)
 def test_ia3_matches_hf_peft_both_ways(tiny_model_dir, tmp_path, family, head, task, extra):
     path = tiny_model_dir(family, head)
@@ -47,28 +37,28 @@ def test_ia3_matches_hf_peft_both_ways(tiny_model_dir, tmp_path, family, head, t
                 p.add_(0.3 * torch.randn_like(p))
     hf.save_pretrained(str(tmp_path / "hf"))
     inputs = _inputs(head)
-    expected = _torch(hf, inputs)
+    expected = torch_logits(hf, inputs)
     loaded = PeftModel.from_pretrained(AUTO[head].from_pretrained(path), str(tmp_path / "hf"))
-    assert max_diff(_ms(loaded, inputs), expected) < 1e-4
+    assert max_diff(ms_logits(loaded, inputs), expected) < 1e-4
     loaded.save_pretrained(str(tmp_path / "ms"))
     back = peft.PeftModel.from_pretrained(torch_model(path, family, head), str(tmp_path / "ms")).eval()
-    assert max_diff(_torch(back, inputs), expected) < 1e-4
+    assert max_diff(torch_logits(back, inputs), expected) < 1e-4
 
-    unmerged = _ms(loaded, inputs)
+    unmerged = ms_logits(loaded, inputs)
     before = {n: p.asnumpy().copy() for n, p in loaded.parameters_and_names()}
     loaded.merge_adapter()
-    assert max_diff(_ms(loaded, inputs), unmerged) < 1e-4
+    assert max_diff(ms_logits(loaded, inputs), unmerged) < 1e-4
     loaded.unmerge_adapter()
     assert max(np.abs(p.asnumpy() - before[n]).max() for n, p in loaded.parameters_and_names()) < 1e-5
-    assert max_diff(_ms(loaded.merge_and_unload(), inputs), unmerged) < 1e-4
+    assert max_diff(ms_logits(loaded.merge_and_unload(), inputs), unmerged) < 1e-4
 
 
 def test_ia3_initialises_to_identity_and_trains(tiny_model_dir):
     path = tiny_model_dir("gpt2", "causal")
     ids = rand_ids((4, 8))
-    base = _ms(AutoModelForCausalLM.from_pretrained(path), {"input_ids": ids})
+    base = ms_logits(AutoModelForCausalLM.from_pretrained(path), {"input_ids": ids})
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(path), IA3Config(task_type="CAUSAL_LM"))
-    assert max_diff(_ms(model, {"input_ids": ids}), base) == 0.0
+    assert max_diff(ms_logits(model, {"input_ids": ids}), base) == 0.0
     batch = {"input_ids": ms_ids(ids), "labels": ms_ids(ids)}
     step = TrainStep(model, nn.Adam(model.trainable_params(), learning_rate=0.05))
     losses = [float(step(**batch)) for _ in range(6)]

@@ -7,7 +7,7 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from mindpeft import LoraConfig, PeftModel, get_peft_model
-from mindpeft.models import AutoModelForCausalLM, GPT2LMHeadModel, LlamaForCausalLM
+from mindpeft.models import GPT2LMHeadModel, LlamaForCausalLM
 from conftest import max_diff, ms_ids, rand_ids, torch_ids, torch_model
 
 

@@ -9,7 +9,7 @@ import mindpeft
 from mindpeft import LoraConfig, PeftModel, get_peft_model
 from mindpeft.models import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification,
                              AutoModelForTokenClassification)
-from conftest import max_diff, ms_ids, rand_ids, torch_ids, torch_model
+from conftest import max_diff, ms_logits, rand_ids, torch_logits, torch_model
 
 MS_AUTO = {"causal": AutoModelForCausalLM, "seq_cls": AutoModelForSequenceClassification,
            "seq2seq": AutoModelForSeq2SeqLM, "token_cls": AutoModelForTokenClassification}
@@ -39,15 +39,6 @@ def _inputs(head):
     return {"input_ids": ids}
 
 
-def _run_ms(model, inputs):
-    return model(**{k: ms_ids(v) for k, v in inputs.items()})["logits"]
-
-
-def _run_torch(model, inputs):
-    with torch.no_grad():
-        return model(**{k: torch_ids(v) for k, v in inputs.items()}).logits
-
-
 def _config(lib, task, extra, **kwargs):
     return lib.LoraConfig(task_type=task, r=4, lora_alpha=8, init_lora_weights=False, **extra, **kwargs)
 
@@ -63,10 +54,10 @@ def test_hf_adapter_loads_in_mindpeft_with_same_outputs(tiny_model_dir, tmp_path
     hf.save_pretrained(tmp_path)
     ours = PeftModel.from_pretrained(MS_AUTO[head].from_pretrained(path), str(tmp_path))
     inputs = _inputs(head)
-    expected = _run_torch(hf.eval(), inputs)
-    assert max_diff(_run_ms(ours, inputs), expected) < 1e-4
+    expected = torch_logits(hf.eval(), inputs)
+    assert max_diff(ms_logits(ours, inputs), expected) < 1e-4
     with ours.disable_adapter(), hf.disable_adapter():
-        assert max_diff(_run_ms(ours, inputs), _run_torch(hf, inputs)) < 1e-4
+        assert max_diff(ms_logits(ours, inputs), torch_logits(hf, inputs)) < 1e-4
 
 
 @pytest.mark.parametrize("family,head,task,extra", CASES)
@@ -79,7 +70,7 @@ def test_mindpeft_adapter_loads_in_hf_peft_with_same_outputs(tiny_model_dir, tmp
     ours.save_pretrained(str(tmp_path))
     hf = peft.PeftModel.from_pretrained(torch_model(path, family, head), str(tmp_path)).eval()
     inputs = _inputs(head)
-    assert max_diff(_run_ms(ours, inputs), _run_torch(hf, inputs)) < 1e-4
+    assert max_diff(ms_logits(ours, inputs), torch_logits(hf, inputs)) < 1e-4
 
 
 @pytest.mark.parametrize("family,head,task,extra", CASES)
@@ -97,9 +88,9 @@ def test_default_initialisation_is_identity_and_a_matches_kaiming_bound(tiny_mod
     path = tiny_model_dir("gpt2", "causal")
     base = AutoModelForCausalLM.from_pretrained(path)
     inputs = _inputs("causal")
-    before = _run_ms(base, inputs).asnumpy()
+    before = ms_logits(base, inputs).asnumpy()
     model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", r=8))
-    assert max_diff(_run_ms(model, inputs), before) == 0.0
+    assert max_diff(ms_logits(model, inputs), before) == 0.0
     layer = model.base_model.model.transformer.h[0].attn.c_attn
     a = layer.lora_A["default"].weight.asnumpy()
     assert a.shape == (8, 32) and np.abs(a).max() <= 1 / np.sqrt(32) and a.std() > 0.05

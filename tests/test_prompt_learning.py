@@ -9,7 +9,7 @@ import mindpeft
 from mindpeft import PeftModel, get_peft_model
 from mindpeft.models import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 from mindpeft.training import TrainStep
-from conftest import max_diff, ms_ids, rand_ids, torch_ids, torch_model
+from conftest import max_diff, ms_ids, ms_logits, rand_ids, torch_ids, torch_logits, torch_model
 
 AUTO = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "seq_cls": AutoModelForSequenceClassification}
 TASKS = {"causal": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "seq_cls": "SEQ_CLS"}
@@ -39,15 +39,6 @@ def _inputs(head, padded=False):
     return inputs
 
 
-def _ms(model, inputs):
-    return model(**{k: ms_ids(v) for k, v in inputs.items()})["logits"].asnumpy()
-
-
-def _torch(model, inputs):
-    with torch.no_grad():
-        return model(**{k: torch_ids(v) for k, v in inputs.items()}).logits.numpy()
-
-
 @pytest.mark.parametrize("family,head,method", CASES)
 def test_prompt_methods_match_hf_peft_and_adapters_cross_load(tiny_model_dir, tmp_path, family, head, method):
     path, task = tiny_model_dir(family, head), TASKS[head]
@@ -60,15 +51,15 @@ def test_prompt_methods_match_hf_peft_and_adapters_cross_load(tiny_model_dir, tm
         if key.startswith("prompt_encoder."):
             params[key].set_data(Tensor(value.numpy()))
     inputs = _inputs(head)
-    expected = _torch(hf, inputs)
-    assert max_diff(_ms(ours, inputs), expected) < 1e-4
+    expected = torch_logits(hf, inputs)
+    assert max_diff(ms_logits(ours, inputs), expected) < 1e-4
 
     hf.save_pretrained(str(tmp_path / "hf"))  # HF -> mindpeft
     loaded = PeftModel.from_pretrained(AUTO[head].from_pretrained(path), str(tmp_path / "hf"))
-    assert max_diff(_ms(loaded, inputs), expected) < 1e-4
+    assert max_diff(ms_logits(loaded, inputs), expected) < 1e-4
     ours.save_pretrained(str(tmp_path / "ms"))  # mindpeft -> HF
     hf_loaded = peft.PeftModel.from_pretrained(torch_model(path, family, head), str(tmp_path / "ms")).eval()
-    assert max_diff(_torch(hf_loaded, inputs), expected) < 1e-4
+    assert max_diff(torch_logits(hf_loaded, inputs), expected) < 1e-4
 
 
 @pytest.mark.parametrize("family,head", [("gpt2", "causal"), ("llama", "causal"), ("t5", "seq2seq")])
@@ -155,9 +146,9 @@ def test_prompt_learning_bad_input_is_rejected(tiny_model_dir):
 def test_disable_adapter_runs_the_base_model(tiny_model_dir):
     path = tiny_model_dir("gpt2", "causal")
     inputs = {"input_ids": rand_ids((2, 5))}
-    base = _ms(AutoModelForCausalLM.from_pretrained(path), inputs)
+    base = ms_logits(AutoModelForCausalLM.from_pretrained(path), inputs)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(path),
                            mindpeft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
-    assert _ms(model, inputs).shape == (2, 8, base.shape[-1])
+    assert ms_logits(model, inputs).shape == (2, 8, base.shape[-1])
     with model.disable_adapter():
-        assert max_diff(_ms(model, inputs), base) == 0.0
+        assert max_diff(ms_logits(model, inputs), base) == 0.0

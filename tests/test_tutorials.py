@@ -4,7 +4,6 @@ import re
 import subprocess
 import sys
 
-import pytest
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 

@@ -160,7 +160,7 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
 
 def last_token_logits(logits, input_ids, pad_token_id):
     """Logits at each row's last non-padding token (the last position when there is no pad token)."""
-    batch, seq_len = logits.shape[0], logits.shape[1]
+    seq_len = logits.shape[1]
     if input_ids is None or pad_token_id is None:
         return logits[:, -1, :]
     positions = ops.arange(seq_len).view(1, seq_len)

@@ -3,7 +3,6 @@ import math
 import warnings
 
 import numpy as np
-import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from ...models.layers import Conv1D, Dropout, Embedding as EmbeddingLayer, Linear as LinearLayer

@@ -1,5 +1,5 @@
 """The prefix encoder: past key/values for every layer, optionally through a two-layer MLP."""
-from mindspore import nn, ops
+from mindspore import nn
 
 from ...models.layers import Embedding, Linear
 
