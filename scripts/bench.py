@@ -81,7 +81,7 @@ def torch_step(shape, batch, lora):
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 

@@ -61,6 +61,10 @@ def test_adalora_matches_hf_peft_loss_gradients_rank_allocation_and_files(tiny_m
     loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path), str(tmp_path / "hf"))
     assert loaded.get_base_model().transformer.h[0].attn.c_attn.lora_A["default"].shape == (sum(kept), 32)
     assert max_diff(loaded(input_ids=ms_ids(ids))["logits"], reference) < 1e-4
+    greedy = hf.generate(input_ids=torch_ids(ids), max_new_tokens=3, min_new_tokens=3, do_sample=False,
+                         pad_token_id=0).numpy()
+    np.testing.assert_array_equal(loaded.generate(input_ids=ms_ids(ids), max_new_tokens=3, eos_token_id=-1).asnumpy(),
+                                  greedy)
     loaded.save_pretrained(str(tmp_path / "ms"))
     back = peft.PeftModel.from_pretrained(torch_model(path, "gpt2", "causal"), str(tmp_path / "ms")).eval()
     with torch.no_grad():

@@ -8,7 +8,7 @@ from mindspore import nn
 from mindpeft import IA3Config, PeftModel, get_peft_model
 from mindpeft.models import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 from mindpeft.training import TrainStep
-from conftest import max_diff, ms_ids, ms_logits, rand_ids, torch_logits, torch_model
+from conftest import max_diff, ms_ids, ms_logits, rand_ids, torch_ids, torch_logits, torch_model
 
 AUTO = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "seq_cls": AutoModelForSequenceClassification}
 CASES = [("gpt2", "causal", "CAUSAL_LM", {}), ("t5", "seq2seq", "SEQ_2_SEQ_LM", {}),
@@ -44,6 +44,12 @@ def test_ia3_matches_hf_peft_both_ways(tiny_model_dir, tmp_path, family, head, t
     back = peft.PeftModel.from_pretrained(torch_model(path, family, head), str(tmp_path / "ms")).eval()
     assert max_diff(torch_logits(back, inputs), expected) < 1e-4
 
+    if head != "seq_cls":  # generate through the PeftModel, as HF peft's
+        with torch.no_grad():
+            greedy = back.generate(**{k: torch_ids(v) for k, v in inputs.items() if k == "input_ids"},
+                                   max_new_tokens=3, min_new_tokens=3, do_sample=False, pad_token_id=0).numpy()
+        got = loaded.generate(input_ids=ms_ids(inputs["input_ids"]), max_new_tokens=3, eos_token_id=-1)
+        np.testing.assert_array_equal(got.asnumpy(), greedy)
     unmerged = ms_logits(loaded, inputs)
     before = {n: p.asnumpy().copy() for n, p in loaded.parameters_and_names()}
     loaded.merge_adapter()
