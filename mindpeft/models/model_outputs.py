@@ -28,15 +28,22 @@ def attention_bias(attention_mask, q_len, kv_len, causal):
     return bias
 
 
+def as_float32(x):
+    """``x`` in float32, without a cast op when it already is."""
+    return x if x.dtype == ms.float32 else x.astype(ms.float32)
+
+
 def scaled_dot_product_attention(query, key, value, bias, scale, dropout=None):
     """softmax(q k^T * scale + bias) v over (batch, heads, seq, head_dim) tensors; softmax in float32."""
     scores = ops.matmul(query, key.swapaxes(-1, -2))
     if scale != 1.0:
         scores = scores * scale
-    scores = scores.astype(ms.float32)
+    scores = as_float32(scores)
     if bias is not None:
         scores = scores + bias
-    probs = ops.softmax(scores, -1).astype(value.dtype)
+    probs = ops.softmax(scores, -1)
+    if value.dtype != ms.float32:
+        probs = probs.astype(value.dtype)
     if dropout is not None:
         probs = dropout(probs)
     return ops.matmul(probs, value)
@@ -57,14 +64,14 @@ def merge_heads(x):
 def causal_lm_loss(logits, labels):
     """Next-token cross entropy; labels equal to -100 are ignored."""
     vocab = logits.shape[-1]
-    shift_logits = logits[:, :-1, :].astype(ms.float32).view(-1, vocab)
+    shift_logits = as_float32(logits[:, :-1, :]).view(-1, vocab)
     shift_labels = labels[:, 1:].view(-1).astype(ms.int32)
     return ops.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
 
 
 def token_loss(logits, labels):
     """Per-token cross entropy (seq2seq and token classification); labels equal to -100 are ignored."""
-    return ops.cross_entropy(logits.astype(ms.float32).view(-1, logits.shape[-1]),
+    return ops.cross_entropy(as_float32(logits).view(-1, logits.shape[-1]),
                              labels.view(-1).astype(ms.int32), ignore_index=-100)
 
 
