@@ -198,12 +198,11 @@ def _params_of(container, key):
 class BaseTuner(nn.Cell):
     """Wraps ``model`` and replaces its targeted layers with adapter layers.
 
-    Subclasses set ``prefix`` (e.g. ``"lora_"``), ``tuner_layer_cls`` and ``target_module_mapping`` and
+    Subclasses set ``prefix`` (e.g. ``"lora_"``) and ``target_module_mapping`` and
     implement ``_create_and_replace`` and ``_mark_only_adapters_as_trainable``.
     """
 
     prefix = ""
-    tuner_layer_cls = BaseTunerLayer
     target_module_mapping = {}
 
     def __init__(self, model, peft_config, adapter_name):

@@ -32,11 +32,6 @@ def replace_child(parent, name, new_child):
         setattr(parent, name, new_child)
 
 
-def copy_cell(cell):
-    """A deep copy of ``cell`` whose Parameters are new objects with the same values."""
-    return copy.deepcopy(cell)
-
-
 class ModulesToSaveWrapper(nn.Cell):
     """Keeps ``original_module`` frozen and trains one copy per adapter in ``modules_to_save``."""
 
@@ -54,7 +49,7 @@ class ModulesToSaveWrapper(nn.Cell):
     def update(self, adapter_name):
         """Add a trainable copy of the original module for ``adapter_name``."""
         if adapter_name not in self.modules_to_save:
-            module = copy_cell(self.original_module)
+            module = copy.deepcopy(self.original_module)
             for param in module.get_parameters():
                 param.requires_grad = True
             self.modules_to_save[adapter_name] = module

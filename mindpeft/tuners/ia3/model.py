@@ -19,7 +19,6 @@ class IA3Model(BaseTuner):
     """Creates an IA3 model from a base model (see :class:`IA3Config`)."""
 
     prefix = "ia3_"
-    tuner_layer_cls = IA3Layer
     target_module_mapping = TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
 
     def _prepare_adapter_config(self, config, model_config):

@@ -15,7 +15,6 @@ class LoraModel(BaseTuner):
     """Creates a LoRA model from a base model (see :class:`LoraConfig`)."""
 
     prefix = "lora_"
-    tuner_layer_cls = LoraLayer
     target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
     def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key):
@@ -141,7 +140,7 @@ class LoraModel(BaseTuner):
     @staticmethod
     def _svd_combination(layer, present, new_rank, clamp, full_matrices):
         delta = sum(w * layer.delta_weight(a).astype(np.float64) for a, w in present)
-        if getattr(layer, "fan_in_fan_out", False) or adapter_is_embedding(layer, present[0][0]):
+        if getattr(layer, "fan_in_fan_out", False) or present[0][0] in layer.lora_embedding_A:
             delta = delta.T
         u, s, vh = np.linalg.svd(delta, full_matrices=full_matrices)
         u = u[:, :new_rank] @ np.diag(s[:new_rank])
@@ -151,6 +150,3 @@ class LoraModel(BaseTuner):
             u, vh = np.clip(u, -high, high), np.clip(vh, -high, high)
         return vh, u
 
-
-def adapter_is_embedding(layer, adapter):
-    return adapter in layer.lora_embedding_A
