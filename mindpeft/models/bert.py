@@ -6,7 +6,7 @@ from mindspore import nn, ops
 
 from .configuration_utils import PretrainedConfig
 from .layers import Activation, Dropout, Embedding, LayerNorm, Linear
-from .model_outputs import (attention_bias, merge_heads, scaled_dot_product_attention, sequence_classification_loss,
+from .model_outputs import (attention_bias, cross_entropy, merge_heads, scaled_dot_product_attention, sequence_classification_loss,
                             split_heads, token_loss, with_optional)
 from .modeling_utils import PreTrainedModel
 
@@ -239,8 +239,8 @@ class BertForQuestionAnswering(_EncoderWithHead):
             seq_len = start_logits.shape[1]
             start = ops.clamp(start_positions.astype(ms.int32), 0, seq_len)
             end = ops.clamp(end_positions.astype(ms.int32), 0, seq_len)
-            loss = (ops.cross_entropy(start_logits, start, ignore_index=seq_len)
-                    + ops.cross_entropy(end_logits, end, ignore_index=seq_len)) / 2
+            loss = (cross_entropy(start_logits, start, ignore_index=seq_len)
+                    + cross_entropy(end_logits, end, ignore_index=seq_len)) / 2
         return with_optional({"start_logits": start_logits, "end_logits": end_logits}, loss=loss)
 
 

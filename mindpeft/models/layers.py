@@ -53,9 +53,12 @@ class Conv1D(nn.Cell):
         self.nx = in_features
         self.weight = init_param((in_features, out_features), std, "weight")
         self.bias = Parameter(Tensor(np.zeros(out_features, np.float32)), name="bias")
+        self._matmul = ops.MatMul()
 
     def construct(self, x):
-        return ops.matmul(x, self.weight) + self.bias
+        # A 2-D MatMul: ops.matmul on 3-D input broadcasts the weight over the batch first (slow on CPU).
+        rows = x.view(-1, self.nx)
+        return (self._matmul(rows, self.weight) + self.bias).view(x.shape[:-1] + (self.nf,))
 
     def extend_repr(self):
         return f"nf={self.nf}, nx={self.nx}"
@@ -123,6 +126,16 @@ class Dropout(nn.Cell):
         return self.dropout(x)
 
 
+def gelu_erf(x):
+    """Exact GELU, ``x * Phi(x)``, from elementwise ops (faster than the GeLU kernel on CPU, forward and backward)."""
+    return 0.5 * x * (1.0 + ops.erf(x * (1.0 / math.sqrt(2.0))))
+
+
+def gelu_tanh(x):
+    """The tanh approximation of GELU (GPT-2's ``gelu_new``), from elementwise ops (about 4x faster on CPU)."""
+    return 0.5 * x * (1.0 + ops.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
 class Activation(nn.Cell):
     """The activation function HF configs name (``hidden_act``/``activation_function``) as a Cell."""
 
@@ -136,9 +149,9 @@ class Activation(nn.Cell):
 
     def construct(self, x):
         if self.act_name == "gelu":
-            return ops.gelu(x, approximate="none")
+            return gelu_erf(x)
         if self.act_name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-            return ops.gelu(x, approximate="tanh")
+            return gelu_tanh(x)
         if self.act_name == "relu":
             return ops.relu(x)
         if self.act_name in ("silu", "swish"):

@@ -189,7 +189,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         out = self.model(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache)
         hidden_states = out["last_hidden_state"]
         if self.tie_word_embeddings:
-            logits = ops.matmul(hidden_states, self.model.embed_tokens.weight.T)
+            logits = ops.dense(hidden_states, self.model.embed_tokens.weight)
         else:
             logits = self.lm_head(hidden_states)
         loss = causal_lm_loss(logits, labels) if labels is not None else None

@@ -302,7 +302,7 @@ class T5ForConditionalGeneration(T5PreTrainedModel):
         if self.output_scale != 1.0:
             sequence_output = sequence_output * self.output_scale
         if self.tie_word_embeddings:
-            logits = ops.matmul(sequence_output, self.shared.weight.T)
+            logits = ops.dense(sequence_output, self.shared.weight)
         else:
             logits = self.lm_head(sequence_output)
         loss = token_loss(logits, labels) if labels is not None else None

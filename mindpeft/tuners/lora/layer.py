@@ -110,7 +110,8 @@ class Linear(nn.Cell, LoraLayer):
         if self.disable_adapters or self.merged_adapters:
             return result
         for name in self._active_in_layer:
-            lora_out = self.lora_B[name](self.lora_A[name](self.lora_dropout[name](x))) * self.scaling[name]
+            # Scaling the rank-r activations is cheaper than scaling the output.
+            lora_out = self.lora_B[name](self.lora_A[name](self.lora_dropout[name](x)) * self.scaling[name])
             if lora_out.dtype != result.dtype:
                 lora_out = lora_out.astype(result.dtype)
             result = result + lora_out
