@@ -10,7 +10,6 @@ checkpoint size, merged vs unmerged inference, and peak memory of LoRA vs full f
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -87,19 +86,30 @@ def torch_step(shape, batch, lora):
 
 
 def child_peak_memory(args, kind):
-    """Peak resident memory (MiB) of a fresh process doing a few steps of ``kind`` training."""
+    """``{"model_mib", "peak_mib"}``: resident memory of a fresh process after building the model, and its peak
+    over a few steps of ``kind`` training."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--batch-size", str(args.batch_size),
            "--seq-len", str(args.seq_len), "--steps", "2"] + (["--tiny"] if args.tiny else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "GLOG_v": "3"})
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def rss_mib(field):
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process from /proc, in MiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
 
 
 def run_child(args, shape, batch):
     model = build_mindspore(shape, lora=args.child == "lora")
+    before = rss_mib("VmRSS")
     step = mindspore_step(model, batch, jit=True)
     for _ in range(args.steps):
         step()
-    print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"model_mib": before, "peak_mib": rss_mib("VmHWM")}))
 
 
 def folder_size(path):
@@ -145,7 +155,7 @@ def main(argv=None):
 
     trainable = sum(int(np.prod(p.shape)) for p in build_mindspore(shape, lora=True).trainable_params())
     total = sum(int(np.prod(p.shape)) for _, p in full.parameters_and_names())
-    peak_lora, peak_full = child_peak_memory(args, "lora"), child_peak_memory(args, "full")
+    mem_lora, mem_full = child_peak_memory(args, "lora"), child_peak_memory(args, "full")
 
     name = "tiny 2-layer" if args.tiny else "GPT-2 small (124M)"
     print(f"\n{name}, batch {args.batch_size} x {args.seq_len} tokens, {args.steps} timed steps, "
@@ -166,8 +176,11 @@ def main(argv=None):
     print(f"| trainable parameters | {trainable:,d} of {total:,d} ({100 * trainable / total:.3f}%) |")
     print(f"| adapter / full checkpoint size | {adapter_mib:.2f} MiB / {full_mib:.2f} MiB "
           f"({100 * adapter_mib / full_mib:.2f}%) |")
-    print(f"| peak memory, LoRA / full fine-tune | {peak_lora:.0f} MiB / {peak_full:.0f} MiB "
-          f"({peak_lora / peak_full:.2f}) |")
+    print(f"| peak memory, LoRA / full fine-tune | {mem_lora['peak_mib']:.0f} MiB / {mem_full['peak_mib']:.0f} MiB "
+          f"({mem_lora['peak_mib'] / mem_full['peak_mib']:.2f}) |")
+    train_lora, train_full = (mem["peak_mib"] - mem["model_mib"] for mem in (mem_lora, mem_full))
+    print(f"| training memory above the loaded model, LoRA / full | {train_lora:.0f} MiB / {train_full:.0f} MiB "
+          f"({train_lora / train_full:.2f}) |")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from mindspore import nn, ops
 
 from .configuration_utils import PretrainedConfig
 from .generation import GenerationMixin
-from .layers import Activation, Conv1D, Dropout, Embedding, LayerNorm, Linear
+from .layers import Activation, Conv1D, Dropout, Embedding, LayerNorm, Linear, linear
 from .model_outputs import (attention_bias, causal_lm_loss, merge_heads, scaled_dot_product_attention,
                             sequence_classification_loss, split_heads, with_optional)
 from .modeling_utils import PreTrainedModel
@@ -132,7 +132,7 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
     def construct(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                   inputs_embeds=None, labels=None, use_cache=False):
         out = self.transformer(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache)
-        logits = ops.dense(out["last_hidden_state"], self.transformer.wte.weight)
+        logits = linear(out["last_hidden_state"], self.transformer.wte.weight)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return with_optional({"logits": logits}, loss=loss, past_key_values=out.get("past_key_values"))
 

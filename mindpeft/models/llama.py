@@ -7,7 +7,7 @@ from mindspore import Tensor, nn, ops
 
 from .configuration_utils import PretrainedConfig
 from .generation import GenerationMixin
-from .layers import Activation, Dropout, Embedding, Linear, RMSNorm
+from .layers import Activation, Dropout, Embedding, Linear, RMSNorm, linear
 from .model_outputs import attention_bias, causal_lm_loss, merge_heads, scaled_dot_product_attention, with_optional
 from .modeling_utils import PreTrainedModel
 
@@ -189,7 +189,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         out = self.model(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache)
         hidden_states = out["last_hidden_state"]
         if self.tie_word_embeddings:
-            logits = ops.dense(hidden_states, self.model.embed_tokens.weight)
+            logits = linear(hidden_states, self.model.embed_tokens.weight)
         else:
             logits = self.lm_head(hidden_states)
         loss = causal_lm_loss(logits, labels) if labels is not None else None

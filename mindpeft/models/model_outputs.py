@@ -78,9 +78,15 @@ def cross_entropy(logits, labels, ignore_index=-100):
 
 
 def causal_lm_loss(logits, labels):
-    """Next-token cross entropy; labels equal to -100 are ignored."""
-    vocab = logits.shape[-1]
-    return cross_entropy(logits[:, :-1, :].view(-1, vocab), labels[:, 1:].view(-1))
+    """Next-token cross entropy; labels equal to -100 are ignored.
+
+    The labels are shifted left (the last position gets -100) rather than the logits sliced, which would copy the
+    (batch, seq, vocab) logits forward and backward.
+    """
+    batch, vocab = labels.shape[0], logits.shape[-1]
+    ignored = ops.full((batch, 1), -100, dtype=labels.dtype)
+    shift_labels = ops.concat((labels[:, 1:], ignored), 1)
+    return cross_entropy(logits.view(-1, vocab), shift_labels.view(-1))
 
 
 def token_loss(logits, labels):

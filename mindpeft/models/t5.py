@@ -6,7 +6,7 @@ from mindspore import nn, ops
 
 from .configuration_utils import PretrainedConfig
 from .generation import GenerationMixin
-from .layers import Activation, Dropout, Embedding, Linear, RMSNorm
+from .layers import Activation, Dropout, Embedding, Linear, RMSNorm, linear
 from .model_outputs import (attention_bias, merge_heads, scaled_dot_product_attention, split_heads, token_loss,
                             with_optional)
 from .modeling_utils import PreTrainedModel
@@ -302,7 +302,7 @@ class T5ForConditionalGeneration(T5PreTrainedModel):
         if self.output_scale != 1.0:
             sequence_output = sequence_output * self.output_scale
         if self.tie_word_embeddings:
-            logits = ops.dense(sequence_output, self.shared.weight)
+            logits = linear(sequence_output, self.shared.weight)
         else:
             logits = self.lm_head(sequence_output)
         loss = token_loss(logits, labels) if labels is not None else None

@@ -1,8 +1,8 @@
 """AdaLoRA layers (``base(x) + B (A * E) x * scaling / ranknum``) and the rank allocator."""
 import numpy as np
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Parameter, Tensor, nn
 
-from ...models.layers import Conv1D, Dropout, Linear as LinearLayer
+from ...models.layers import Conv1D, Dropout, Linear as LinearLayer, linear
 from ..lora.layer import LoraLayer
 from ..tuners_utils import ParameterDict, layer_features
 
@@ -58,9 +58,9 @@ class SVDLinear(nn.Cell, AdaLoraLayer):
             return result
         for name in self._active_in_layer:
             a = getattr(self.lora_A, name) * getattr(self.lora_E, name)
-            lora_out = ops.matmul(ops.matmul(self.lora_dropout[name](x), a.T), getattr(self.lora_B, name).T)
             scale = self.scaling[name] / (getattr(self.ranknum, name) + 1e-5)
-            result = result + (lora_out * scale).astype(result.dtype)
+            lora_out = linear(linear(self.lora_dropout[name](x), a) * scale, getattr(self.lora_B, name))
+            result = result + lora_out.astype(result.dtype)
         return result
 
 

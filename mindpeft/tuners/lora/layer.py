@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-from ...models.layers import Conv1D, Dropout, Embedding as EmbeddingLayer, Linear as LinearLayer
+from ...models.layers import Conv1D, Dropout, Embedding as EmbeddingLayer, Linear as LinearLayer, linear
 from ..tuners_utils import BaseTunerLayer, ParameterDict, base_weight, layer_features
 
 
@@ -151,8 +151,8 @@ class Embedding(nn.Cell, LoraLayer):
             return result
         for name in self._active_in_layer:
             after_a = ops.gather(getattr(self.lora_embedding_A, name).T, x, 0)
-            lora_out = ops.matmul(after_a, getattr(self.lora_embedding_B, name).T)
-            result = result + (lora_out * self.scaling[name]).astype(result.dtype)
+            lora_out = linear(after_a * self.scaling[name], getattr(self.lora_embedding_B, name))
+            result = result + lora_out.astype(result.dtype)
         return result
 
 

@@ -3,7 +3,7 @@ import math
 
 from mindspore import nn, ops
 
-from ...models.layers import Dropout, Embedding, Linear, uniform_param
+from ...models.layers import Dropout, Embedding, Linear, linear, uniform_param
 from .config import PromptEncoderReparameterizationType
 
 
@@ -30,13 +30,13 @@ class LSTM(nn.Cell):
         w_hh = getattr(self, f"weight_hh_l{layer}{suffix}")
         bias = getattr(self, f"bias_ih_l{layer}{suffix}") + getattr(self, f"bias_hh_l{layer}{suffix}")
         batch, seq_len = x.shape[0], x.shape[1]
-        inputs = ops.matmul(x, w_ih.T) + bias
+        inputs = linear(x, w_ih, bias)
         h = ops.zeros((batch, self.hidden_size), x.dtype)
         c = ops.zeros((batch, self.hidden_size), x.dtype)
         steps = range(seq_len - 1, -1, -1) if suffix else range(seq_len)
         outputs = [None] * seq_len
         for t in steps:
-            gates = inputs[:, t] + ops.matmul(h, w_hh.T)
+            gates = inputs[:, t] + linear(h, w_hh)
             i, f, g, o = ops.split(gates, self.hidden_size, axis=-1)
             c = ops.sigmoid(f) * c + ops.sigmoid(i) * ops.tanh(g)
             h = ops.sigmoid(o) * ops.tanh(c)

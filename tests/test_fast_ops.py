@@ -1,0 +1,96 @@
+"""The CPU-fast building blocks (loss, GELUs, Conv1D, runtime setting) match PyTorch in values and gradients."""
+import os
+
+import mindspore as ms
+import numpy as np
+import pytest
+import torch
+from mindspore import Tensor
+
+from mindpeft import models
+from mindpeft.models.layers import Conv1D, gelu_erf, gelu_tanh
+from mindpeft.models.model_outputs import cross_entropy
+from mindpeft.utils.runtime import HOST_BLOCKING_ENV, tune_cpu_runtime
+from conftest import max_diff, ms_ids, rand_ids, torch_ids, torch_model
+
+
+def _value_and_input_grad(fn, *inputs):
+    return ms.value_and_grad(fn, grad_position=0)(*inputs)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_cross_entropy_matches_torch_with_ignored_rows(jit):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(12, 50)).astype(np.float32) * 3
+    labels = rng.integers(0, 50, 12).astype(np.int32)
+    labels[[2, 7]] = -100
+
+    def loss_fn(x, y):
+        return cross_entropy(x, y)
+
+    fn = ms.jit(loss_fn) if jit else loss_fn
+    loss, grad = _value_and_input_grad(fn, Tensor(logits), Tensor(labels))
+    t_logits = torch.tensor(logits, requires_grad=True)
+    expected = torch.nn.functional.cross_entropy(t_logits, torch.tensor(labels, dtype=torch.long), ignore_index=-100)
+    expected.backward()
+    assert abs(float(loss) - expected.item()) < 1e-5
+    assert max_diff(grad, t_logits.grad) < 1e-6
+    assert np.abs(grad.asnumpy()[[2, 7]]).max() == 0  # ignored rows get no gradient
+
+
+def test_cross_entropy_custom_ignore_index_and_all_ignored_is_nan():
+    logits = Tensor(np.arange(12, dtype=np.float32).reshape(3, 4) / 5)
+    got = float(cross_entropy(logits, Tensor(np.array([1, 4, 3], np.int32)), ignore_index=4))
+    expected = torch.nn.functional.cross_entropy(torch.arange(12.0).reshape(3, 4) / 5, torch.tensor([1, 4, 3]),
+                                                 ignore_index=4)
+    assert abs(got - expected.item()) < 1e-5
+    assert np.isnan(float(cross_entropy(logits, Tensor(np.full(3, -100, np.int32)))))
+
+
+@pytest.mark.parametrize("ms_fn,approximate", [(gelu_erf, "none"), (gelu_tanh, "tanh")])
+def test_elementwise_gelus_match_torch(ms_fn, approximate):
+    x = np.linspace(-6, 6, 241).astype(np.float32)
+
+    def summed(t):
+        return ms_fn(t).sum()
+
+    value = ms_fn(Tensor(x)).asnumpy()
+    _, grad = _value_and_input_grad(summed, Tensor(x))
+    t_x = torch.tensor(x, requires_grad=True)
+    expected = torch.nn.functional.gelu(t_x, approximate=approximate)
+    expected.sum().backward()
+    assert max_diff(value, expected.detach()) < 1e-5
+    assert max_diff(grad, t_x.grad) < 1e-5
+
+
+@pytest.mark.parametrize("shape", [(5, 8), (2, 3, 8), (2, 2, 3, 8)])
+def test_conv1d_keeps_leading_dims(shape):
+    layer = Conv1D(6, 8)
+    layer.bias.set_data(Tensor(np.arange(6, dtype=np.float32)))
+    x = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    got = layer(Tensor(x)).asnumpy()
+    assert got.shape == shape[:-1] + (6,)
+    assert max_diff(got, x @ layer.weight.asnumpy() + np.arange(6)) < 1e-5
+
+
+def test_question_answering_loss_matches_transformers(tiny_model_dir):
+    path = tiny_model_dir("bert", "qa")
+    ids = rand_ids((3, 9))
+    start, end = np.array([1, 4, 30]), np.array([2, 8, 5])  # 30 is past the sequence: clamped, then ignored
+    ref = torch_model(path, "bert", "qa")
+    with torch.no_grad():
+        expected = ref(torch_ids(ids), start_positions=torch_ids(start), end_positions=torch_ids(end)).loss
+    got = models.BertForQuestionAnswering.from_pretrained(path)(ms_ids(ids), start_positions=ms_ids(start),
+                                                                end_positions=ms_ids(end))["loss"]
+    assert abs(float(got) - expected.item()) < 1e-5
+
+
+def test_cpu_runtime_runs_graphs_host_blocking_unless_the_user_chose(monkeypatch):
+    assert ms.get_context("device_target") == "CPU"
+    assert os.environ[HOST_BLOCKING_ENV] == "1"  # set when mindpeft was imported
+    monkeypatch.setenv(HOST_BLOCKING_ENV, "0")
+    tune_cpu_runtime()
+    assert os.environ[HOST_BLOCKING_ENV] == "0"
+    monkeypatch.delenv(HOST_BLOCKING_ENV)
+    tune_cpu_runtime()
+    assert os.environ[HOST_BLOCKING_ENV] == "1"
