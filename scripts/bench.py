@@ -10,6 +10,7 @@ checkpoint size, merged vs unmerged inference, and peak memory of LoRA vs full f
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,17 +27,21 @@ def parse_args(argv):
     parser.add_argument("--tiny", action="store_true", help="2-layer model instead of GPT-2 small")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per row (after one warm-up step)")
+    parser.add_argument("--steps", type=int, help="timed steps per row, after one warm-up step (default: 20 with "
+                        "--tiny, else 5); each row reports the median")
     parser.add_argument("--child", choices=["lora", "full"], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def timed(fn, steps):
-    fn()  # warm-up: compilation, allocation
-    start = time.perf_counter()
+    """Median seconds of ``steps`` calls after a warm-up call (compilation, allocation)."""
+    fn()
+    times = []
     for _ in range(steps):
+        start = time.perf_counter()
         fn()
-    return (time.perf_counter() - start) / steps
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def build_mindspore(shape, lora):
@@ -118,6 +123,8 @@ def folder_size(path):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.steps is None:
+        args.steps = 20 if args.tiny else 5
     import mindspore as ms
     from mindspore import Tensor
 
@@ -158,7 +165,7 @@ def main(argv=None):
     mem_lora, mem_full = child_peak_memory(args, "lora"), child_peak_memory(args, "full")
 
     name = "tiny 2-layer" if args.tiny else "GPT-2 small (124M)"
-    print(f"\n{name}, batch {args.batch_size} x {args.seq_len} tokens, {args.steps} timed steps, "
+    print(f"\n{name}, batch {args.batch_size} x {args.seq_len} tokens, {args.steps} timed steps (median), "
           f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs\n")
     print("| measurement | seconds |\n| --- | --- |")
     for key, value in rows.items():

@@ -71,5 +71,8 @@ def test_bench_tiny_prints_every_row():
     assert result.returncode == 0, result.stderr[-2000:]
     for row in ["mindpeft LoRA step, PyNative", "mindpeft LoRA step, jit", "mindpeft full fine-tune step, jit",
                 "torch + HF peft LoRA step", "LoRA jit speed-up over PyNative", "mindpeft LoRA jit / torch LoRA",
-                "adapter / full checkpoint size", "peak memory, LoRA / full fine-tune"]:
+                "adapter / full checkpoint size", "peak memory, LoRA / full fine-tune",
+                "training memory above the loaded model, LoRA / full"]:
         assert f"| {row}" in result.stdout
+    # r=8 on c_attn (64 -> 192), attn.c_proj (64 -> 64) and mlp.c_proj (256 -> 64) in 2 layers: 2*8*(256+128+320)
+    assert "| trainable parameters | 11,264 of 172,288 (6.538%) |" in result.stdout
