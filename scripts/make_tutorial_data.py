@@ -5,6 +5,9 @@
 - tutorials/data/financial_sentiment.csv: sentence,text_label (negative/neutral/positive), in the style of
   financial_phrasebank.
 - tutorials/data/movie_reviews.csv: sentence,label (0 negative, 1 positive), in the style of SST-2.
+- tutorials/data/tiny-gpt2-reviews/: the "pretrained" checkpoint of the GPT-2 tutorials, a randomly initialised
+  2-layer GPT2ForSequenceClassification with a word-level tokenizer trained on the reviews, loaded like a
+  downloaded checkpoint.
 """
 import csv
 import os
@@ -69,7 +72,21 @@ def write(path, rows):
         writer.writerows(rows)
 
 
+def write_tiny_gpt2(path, sentences):
+    import numpy as np
+    from mindpeft.models import GPT2Config, GPT2ForSequenceClassification, train_word_level_tokenizer
+
+    np.random.seed(0)
+    tokenizer = train_word_level_tokenizer(sentences, eos_token=None)
+    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=64, n_embd=64, n_layer=2, n_head=4,
+                        pad_token_id=tokenizer.pad_token_id, num_labels=2)
+    GPT2ForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
 if __name__ == "__main__":
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tutorials", "data")
     write(os.path.join(root, "financial_sentiment.csv"), financial_rows(random.Random(0)))
-    write(os.path.join(root, "movie_reviews.csv"), review_rows(random.Random(1)))
+    reviews = review_rows(random.Random(1))
+    write(os.path.join(root, "movie_reviews.csv"), reviews)
+    write_tiny_gpt2(os.path.join(root, "tiny-gpt2-reviews"), [r["sentence"] for r in reviews])

@@ -13,7 +13,7 @@ import mindspore as ms
 from mindspore import nn
 
 from mindpeft import LoraConfig, TaskType, get_peft_model
-from mindpeft.models import GPT2Config, GPT2ForSequenceClassification, Tokenizer, train_word_level_tokenizer
+from mindpeft.models import GPT2ForSequenceClassification, Tokenizer
 from mindpeft.training import (ClassificationTokenize, TrainStep, build_dataset, classification_accuracy,
                                linear_schedule_with_warmup, read_csv, train_epoch, train_test_split)
 
@@ -30,13 +30,9 @@ ms.set_seed(0)
 # %%
 records = read_csv(os.path.join(HERE, "..", "data", "movie_reviews.csv"))
 train_records, eval_records = train_test_split(records, test_size=0.2, seed=0)
-base_dir = os.path.join(OUTPUT, "tiny-gpt2")
-if not os.path.isfile(os.path.join(base_dir, "model.safetensors")):
-    tokenizer = train_word_level_tokenizer([r["sentence"] for r in records], eos_token=None)
-    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=64, n_embd=64, n_layer=2, n_head=4,
-                        pad_token_id=tokenizer.pad_token_id, num_labels=2)
-    GPT2ForSequenceClassification(config).save_pretrained(base_dir)
-    tokenizer.save_pretrained(base_dir)
+# A tiny, randomly initialised GPT-2 and its tokenizer, shipped in tutorials/data (scripts/make_tutorial_data.py)
+# and loaded like a downloaded checkpoint.
+base_dir = os.path.join(HERE, "..", "data", "tiny-gpt2-reviews")
 tokenizer = Tokenizer.from_pretrained(base_dir)
 model = GPT2ForSequenceClassification.from_pretrained(base_dir)
 
