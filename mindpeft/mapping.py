@@ -13,8 +13,8 @@ PEFT_TYPE_TO_CONFIG_MAPPING = {"LORA": LoraConfig, "IA3": IA3Config, "ADALORA": 
                                "PREFIX_TUNING": PrefixTuningConfig, "P_TUNING": PromptEncoderConfig}
 # Layer-injecting methods map to their tuner (a Cell wrapping the model); prompt-learning methods to their encoder.
 PEFT_TYPE_TO_TUNER_MAPPING = {"LORA": LoraModel, "IA3": IA3Model, "ADALORA": AdaLoraModel,
-                              "ADAPTION_PROMPT": AdaptionPromptModel, "PROMPT_TUNING": PromptEmbedding, "PREFIX_TUNING": PrefixEncoder,
-                              "P_TUNING": PromptEncoder}
+                              "ADAPTION_PROMPT": AdaptionPromptModel, "PROMPT_TUNING": PromptEmbedding,
+                              "PREFIX_TUNING": PrefixEncoder, "P_TUNING": PromptEncoder}
 MODEL_TYPE_TO_PEFT_MODEL_MAPPING = TASK_TYPE_TO_PEFT_MODEL
 
 

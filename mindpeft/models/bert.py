@@ -6,8 +6,8 @@ from mindspore import nn, ops
 
 from .configuration_utils import PretrainedConfig
 from .layers import Activation, Dropout, Embedding, LayerNorm, Linear
-from .model_outputs import (attention_bias, cross_entropy, merge_heads, scaled_dot_product_attention, sequence_classification_loss,
-                            split_heads, token_loss, with_optional)
+from .model_outputs import (attention_bias, cross_entropy, merge_heads, scaled_dot_product_attention,
+                            sequence_classification_loss, split_heads, token_loss, with_optional)
 from .modeling_utils import PreTrainedModel
 
 
@@ -192,6 +192,11 @@ class _EncoderWithHead(BertPreTrainedModel):
         p = self.config.classifier_dropout
         return Dropout(self.config.hidden_dropout_prob if p is None else p)
 
+    def encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, past_key_values):
+        """The backbone's outputs (``bert`` or ``roberta``)."""
+        return getattr(self, self.base_model_prefix)(input_ids, attention_mask, token_type_ids, position_ids,
+                                                     inputs_embeds, past_key_values)
+
 
 class BertForSequenceClassification(_EncoderWithHead):
     def __init__(self, config):
@@ -201,7 +206,7 @@ class BertForSequenceClassification(_EncoderWithHead):
 
     def construct(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                   inputs_embeds=None, labels=None, past_key_values=None):
-        out = getattr(self, self.base_model_prefix)(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, past_key_values)
+        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, past_key_values)
         logits = self.classifier(self.dropout(out["pooler_output"]))
         loss = sequence_classification_loss(logits, labels, self.num_labels) if labels is not None else None
         return with_optional({"logits": logits}, loss=loss)
@@ -215,8 +220,7 @@ class BertForTokenClassification(_EncoderWithHead):
 
     def construct(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                   inputs_embeds=None, labels=None, past_key_values=None):
-        out = getattr(self, self.base_model_prefix)(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                            past_key_values)
+        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, past_key_values)
         logits = self.classifier(self.dropout(out["last_hidden_state"]))
         loss = token_loss(logits, labels) if labels is not None else None
         return with_optional({"logits": logits}, loss=loss)
@@ -229,8 +233,7 @@ class BertForQuestionAnswering(_EncoderWithHead):
 
     def construct(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                   inputs_embeds=None, start_positions=None, end_positions=None, past_key_values=None):
-        out = getattr(self, self.base_model_prefix)(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                            past_key_values)
+        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, past_key_values)
         logits = self.qa_outputs(out["last_hidden_state"])
         start_logits = logits[:, :, 0]
         end_logits = logits[:, :, 1]
