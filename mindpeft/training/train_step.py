@@ -44,7 +44,7 @@ class TrainStep(_StateAwareJit):
         model: the (Peft) model; ``model.state_version`` is read when present.
         optimizer: a ``mindspore.nn.Optimizer`` over the parameters to train, e.g. ``model.trainable_params()``.
         loss_fn: ``(**batch) -> scalar loss``; defaults to ``model(**batch)["loss"]``.
-        jit: compile with ``mindspore.jit`` (about 3x faster than PyNative on CPU).
+        jit: compile with ``mindspore.jit`` (on CPU 2-7x faster than PyNative, most on small models).
         return_grads: return ``(loss, grads)``; AdaLoRA's ``update_and_allocate`` needs the gradients.
     """
 
