@@ -7,6 +7,7 @@ import mindspore as ms
 from mindspore import ops
 
 NEG_INF = -1e9
+_batch_matmul_nt = ops.BatchMatMul(transpose_b=True)
 
 
 def attention_bias(attention_mask, q_len, kv_len, causal):
@@ -35,7 +36,7 @@ def as_float32(x):
 
 def scaled_dot_product_attention(query, key, value, bias, scale, dropout=None):
     """softmax(q k^T * scale + bias) v over (batch, heads, seq, head_dim) tensors; softmax in float32."""
-    scores = ops.BatchMatMul(transpose_b=True)(query, key)
+    scores = _batch_matmul_nt(query, key)
     if scale != 1.0:
         scores = scores * scale
     scores = as_float32(scores)
