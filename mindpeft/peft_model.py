@@ -168,6 +168,9 @@ class PeftModel(nn.Cell):
             with self.base_model._adapters_disabled():
                 yield
             return
+        if self._prompts_disabled:  # nested: the outer block turns them back on
+            yield
+            return
         self._prompts_disabled = True
         self._prompt_state_version += 1
         try:

@@ -171,6 +171,12 @@ class BaseTunerLayer:
         self.disable_adapters = not enabled
 
     def delete_adapter(self, adapter_name):
+        """Remove ``adapter_name``; a merged one is first subtracted from the base weight (the other merged
+        adapters stay merged)."""
+        still_merged = None
+        if adapter_name in self.merged_adapters:
+            still_merged = [n for n in self.merged_adapters if n != adapter_name]
+            self.unmerge()
         for layer_name in self.adapter_layer_names + self.other_param_names:
             container = getattr(self, layer_name)
             if adapter_name in container:
@@ -179,6 +185,8 @@ class BaseTunerLayer:
             remaining = [n for n in self.active_adapters if n != adapter_name] or self.adapter_names()[:1]
             self.set_adapter(remaining)
         self._refresh_active()
+        if still_merged:
+            self.merge(adapter_names=still_merged)
 
     def check_adapters_to_merge(self, adapter_names=None):
         names = list(self.active_adapters) if adapter_names is None else list(adapter_names)
@@ -211,6 +219,7 @@ class BaseTuner(nn.Cell):
         self.peft_config = peft_config if isinstance(peft_config, dict) else {adapter_name: peft_config}
         self.active_adapter = adapter_name
         self.state_version = 0
+        self.adapters_enabled = True
         self.inject_adapter(self.model, adapter_name)
 
     def construct(self, *args, **kwargs):
@@ -297,6 +306,7 @@ class BaseTuner(nn.Cell):
         self._bump()
 
     def _set_adapter_layers(self, enabled):
+        self.adapters_enabled = enabled
         for _, layer in self.tuner_layers():
             layer.enable_adapters(enabled)
         for _, cell in self.model.cells_and_names():
@@ -312,11 +322,15 @@ class BaseTuner(nn.Cell):
 
     @contextmanager
     def _adapters_disabled(self):
-        self.disable_adapter_layers()
+        """Adapters off inside the block, then back to how they were (so nested blocks keep them off)."""
+        was_enabled = self.adapters_enabled
+        if was_enabled:
+            self.disable_adapter_layers()
         try:
             yield
         finally:
-            self.enable_adapter_layers()
+            if was_enabled:
+                self.enable_adapter_layers()
 
     def merge_adapter(self, adapter_names=None, safe_merge=False):
         """Add the active (or given) adapters' weights into the base weights; forward then skips them."""
