@@ -14,6 +14,7 @@ setup(
         "safetensors==0.8.0",
         "tokenizers==0.23.3",
         "tqdm==4.70.1",
+        "huggingface_hub==2.4.0",
     ],
     extras_require={
         # Reference implementations the tests compare numbers against (never used at run time).

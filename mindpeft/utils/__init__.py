@@ -1,2 +1,3 @@
 from .peft_types import PeftType, TaskType
 from .save_and_load import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
+from .seeding import set_seed

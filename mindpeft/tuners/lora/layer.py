@@ -163,10 +163,7 @@ def dispatch_lora_layer(target, adapter_name, lora_config, r, lora_alpha):
     if isinstance(target, (EmbeddingLayer, nn.Embedding)):
         return Embedding(target, adapter_name, r, lora_alpha, **kwargs)
     if isinstance(target, Conv1D):
-        if not lora_config.fan_in_fan_out:
-            warnings.warn("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting "
-                          "fan_in_fan_out to True.")
-            lora_config.fan_in_fan_out = True
+        lora_config.fan_in_fan_out = True  # Conv1D stores (in, out) weights; set silently, as documented
         return Linear(target, adapter_name, r, lora_alpha, fan_in_fan_out=True, **kwargs)
     if isinstance(target, (LinearLayer, nn.Dense)):
         if lora_config.fan_in_fan_out:
