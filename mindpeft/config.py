@@ -1,12 +1,15 @@
 """Adapter configurations, stored as HF-peft-compatible ``adapter_config.json``."""
 import dataclasses
 import enum
-import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+import numpy as np
+
 from .utils.constants import CONFIG_NAME
+from .utils.io import atomic_directory, json_dumps, read_json_object, write_text
 from .utils.peft_types import PeftType, TaskType
 
 # Keys HF peft writes that carry no behaviour here (bookkeeping or defaults of features mindpeft lacks).
@@ -15,6 +18,91 @@ _IGNORED_KEYS = {"peft_version", "megatron_core", "qalora_group_size", "loftq_co
 
 def _is_neutral(value):
     return value in (None, False, "", "default") or (isinstance(value, (dict, list)) and not value)
+
+
+def plain_value(value):
+    """``value`` as JSON stores it: numpy scalars as Python scalars, tuples and ranges as lists (recursively)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple, range)):
+        return [plain_value(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return {plain_value(v) for v in value}
+    if isinstance(value, dict):
+        return {plain_value(k): plain_value(v) for k, v in value.items()}
+    return value
+
+
+def describe(value):
+    """``value`` and its type, for error messages."""
+    return f"{value!r} ({type(value).__name__})"
+
+
+def is_integer(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value):
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and (isinstance(value, int) or math.isfinite(value)))
+
+
+def check_integer(config, name, minimum=None, optional=False):
+    """Raise ``ValueError`` naming ``name`` unless ``config.<name>`` is an int (>= ``minimum``; or ``None`` when
+    ``optional``)."""
+    value = getattr(config, name)
+    if value is None and optional:
+        return
+    if not is_integer(value) or (minimum is not None and value < minimum):
+        kind = {None: "an integer", 0: "a non-negative integer", 1: "a positive integer"}.get(
+            minimum, f"an integer >= {minimum}")
+        raise ValueError(f"{name} must be {kind}, got {describe(value)}")
+
+
+def check_number(config, name, optional=False):
+    """Raise ``ValueError`` naming ``name`` unless ``config.<name>`` is a finite int or float."""
+    value = getattr(config, name)
+    if not (is_number(value) or (value is None and optional)):
+        raise ValueError(f"{name} must be a finite int or float, got {describe(value)}")
+
+
+def check_bool(config, name):
+    value = getattr(config, name)
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {describe(value)}")
+
+
+def check_string(config, name):
+    """``config.<name>`` must be a string or ``None``."""
+    value = getattr(config, name)
+    if not (value is None or isinstance(value, str)):
+        raise ValueError(f"{name} must be a string, got {describe(value)}")
+
+
+def check_names(config, name, keep_str=True, as_set=True):
+    """``config.<name>``: ``None``, a string, or a list/set of strings; anything else raises ``ValueError`` naming
+    ``name``. A string is kept as is when ``keep_str`` (a regex or a single name), else taken as one name (never
+    split into letters); a collection is stored as a set when ``as_set``, else as a list."""
+    value = getattr(config, name)
+    if value is None or (isinstance(value, str) and keep_str):
+        return
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, set)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{name} must be a string or a list of strings, got {describe(value)}")
+    setattr(config, name, set(value) if as_set else list(value) if isinstance(value, list) else sorted(value))
+
+
+def check_mapping(config, name, check_value, expected):
+    """``config.<name>``: ``None`` or a dict of string keys whose values pass ``check_value``."""
+    value = getattr(config, name)
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a dict, got {describe(value)}")
+    for key, item in value.items():
+        if not isinstance(key, str) or not check_value(item):
+            raise ValueError(f"{name} must map strings to {expected}; got {key!r}: {describe(item)}")
 
 
 @dataclass
@@ -27,7 +115,7 @@ class PeftConfigMixin:
     def to_dict(self):
         out = {}
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
+            value = plain_value(getattr(self, f.name))
             if isinstance(value, enum.Enum):
                 value = value.value
             elif isinstance(value, set):
@@ -35,14 +123,17 @@ class PeftConfigMixin:
             out[f.name] = value
         return out
 
+    def to_json_string(self, **kwargs):
+        """The ``adapter_config.json`` text (``kwargs`` added); a ``TypeError``/``ValueError`` naming the field
+        of a value JSON cannot hold, before anything is written."""
+        return json_dumps({**self.to_dict(), **kwargs}) + "\n"
+
     def save_pretrained(self, save_directory, **kwargs):
-        """Write ``adapter_config.json`` to ``save_directory``."""
-        if os.path.isfile(save_directory):
-            raise AssertionError(f"Provided path ({save_directory}) should be a directory, not a file")
-        os.makedirs(save_directory, exist_ok=True)
-        data = {**self.to_dict(), **kwargs}
-        with open(os.path.join(save_directory, CONFIG_NAME), "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
+        """Write ``adapter_config.json`` to ``save_directory``, replacing the folder as a whole (see
+        :func:`mindpeft.utils.io.atomic_directory`)."""
+        text = self.to_json_string(**kwargs)
+        with atomic_directory(save_directory) as staging:
+            write_text(os.path.join(staging, CONFIG_NAME), text)
 
     @classmethod
     def from_peft_type(cls, **kwargs):
@@ -68,8 +159,7 @@ class PeftConfigMixin:
 
     @classmethod
     def from_json_file(cls, path):
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return read_json_object(path)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, **kwargs):
@@ -81,7 +171,12 @@ class PeftConfigMixin:
         if not os.path.isfile(file):
             raise ValueError(f"Can't find '{CONFIG_NAME}' at {path!r} (mindpeft loads adapters from local folders)")
         data = {**cls.from_json_file(file), **kwargs}
-        config = cls.from_peft_type(**data)
+        if data.get("peft_type") is None:
+            raise ValueError(f"{file} has no 'peft_type': it is not an adapter config")
+        try:
+            config = cls.from_peft_type(**data)
+        except ValueError as err:
+            raise ValueError(f"{file}: {err}") from None
         if cls not in (PeftConfigMixin, PeftConfig) and not isinstance(config, cls):
             raise ValueError(f"{file} holds a {type(config).__name__}, not a {cls.__name__}")
         return config
@@ -105,6 +200,11 @@ class PeftConfig(PeftConfigMixin):
     inference_mode: bool = field(default=False, metadata={"help": "Freeze the adapter (inference only)."})
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, plain_value(getattr(self, f.name)))
+        check_string(self, "base_model_name_or_path")
+        check_string(self, "revision")
+        check_bool(self, "inference_mode")
         if self.task_type is not None:
             valid = [t.value for t in TaskType]
             value = self.task_type.value if isinstance(self.task_type, TaskType) else self.task_type
@@ -134,9 +234,10 @@ class PromptLearningConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if (not isinstance(self.num_virtual_tokens, int) or isinstance(self.num_virtual_tokens, bool)
-                or self.num_virtual_tokens <= 0):
-            raise ValueError(f"num_virtual_tokens must be a positive integer, got {self.num_virtual_tokens!r}")
+        check_integer(self, "num_virtual_tokens", minimum=1)
+        for name in ("token_dim", "num_transformer_submodules", "num_attention_heads", "num_layers"):
+            check_integer(self, name, minimum=1, optional=True)
+        check_names(self, "modules_to_save", keep_str=False, as_set=False)
 
     @property
     def is_prompt_learning(self):

@@ -8,11 +8,12 @@ from mindspore import Tensor, nn, ops
 
 from .config import PeftConfig
 from .models.modeling_utils import sync_parameter_names
-from .utils.constants import TASK_HEAD_MODULE_NAMES
+from .utils.constants import CONFIG_NAME, TASK_HEAD_MODULE_NAMES
+from .utils.io import atomic_directory, write_text
 from .utils.other import ModulesToSaveWrapper, wrap_modules_to_save
 from .utils.peft_types import PeftType, TaskType
 from .utils.save_and_load import (get_peft_model_state_dict, load_peft_weights, save_peft_weights,
-                                  set_peft_model_state_dict)
+                                  set_peft_model_state_dict, unchanged_on_error)
 
 
 class PeftModel(nn.Cell):
@@ -278,28 +279,47 @@ class PeftModel(nn.Cell):
     # ----- saving and loading ------------------------------------------------------------------------
     def save_pretrained(self, save_directory, selected_adapters=None, **kwargs):
         """Write ``adapter_config.json`` + ``adapter_model.safetensors`` per adapter (non-default adapters go
-        into a sub-folder named after them), readable by HF peft."""
+        into a sub-folder named after them), readable by HF peft.
+
+        Every config is serialised before anything is written, and the folder is replaced as a whole (see
+        :func:`mindpeft.utils.io.atomic_directory`): at every instant it holds all the old files or all the new.
+        """
         if os.path.isfile(save_directory):
             raise ValueError(f"Provided path ({save_directory}) should be a directory, not a file")
-        names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
+        if not self.peft_config:
+            raise ValueError("This model holds no adapter (all were deleted): there is nothing to save")
+        if selected_adapters is None:
+            names = list(self.peft_config)
+        else:
+            names = [selected_adapters] if isinstance(selected_adapters, str) else list(selected_adapters)
         unknown = [n for n in names if n not in self.peft_config]
-        if unknown:
+        if unknown or not names:
             raise ValueError(f"You passed an invalid `selected_adapters` arguments, current supported adapter "
-                             f"names are {list(self.peft_config)} - got {unknown}.")
+                             f"names are {list(self.peft_config)} - got {unknown or names}.")
+        files = {}
         for name in names:
-            config = self.peft_config[name]
-            out_dir = save_directory if name == "default" else os.path.join(save_directory, name)
-            save_peft_weights(get_peft_model_state_dict(self, name), out_dir)
-            inference_mode = config.inference_mode
-            config.inference_mode = True
+            if name != "default" and (os.path.basename(name) != name or name in ("", ".", "..")):
+                raise ValueError(f"Adapter {name!r} cannot be saved: its name is not a valid folder name")
+            weights = get_peft_model_state_dict(self, name)
             try:
-                config.save_pretrained(out_dir, **kwargs)
-            finally:
-                config.inference_mode = inference_mode
+                text = self.peft_config[name].to_json_string(**{**kwargs, "inference_mode": True})
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"Adapter {name!r} config cannot be saved as JSON: {err}") from None
+            files["" if name == "default" else name] = (weights, text)
+        with atomic_directory(save_directory) as staging:
+            for folder, (weights, text) in files.items():
+                out_dir = os.path.join(staging, folder)
+                save_peft_weights(weights, out_dir)
+                write_text(os.path.join(out_dir, CONFIG_NAME), text)
 
     @classmethod
-    def from_pretrained(cls, model, model_id, adapter_name="default", is_trainable=False, config=None, **kwargs):
-        """Wrap ``model`` and load the adapter saved in the local folder ``model_id`` (by mindpeft or HF peft)."""
+    def from_pretrained(cls, model, model_id, adapter_name="default", is_trainable=False, config=None, strict=True,
+                        **kwargs):
+        """Wrap ``model`` and load the adapter saved in the local folder ``model_id`` (by mindpeft or HF peft).
+
+        The files must match the config exactly unless ``strict=False`` (see
+        :func:`mindpeft.utils.save_and_load.set_peft_model_state_dict`); a refused load leaves ``model`` as it was.
+        """
         from .mapping import MODEL_TYPE_TO_PEFT_MODEL_MAPPING
 
         if not os.path.isdir(model_id):
@@ -307,34 +327,41 @@ class PeftModel(nn.Cell):
                              "folders)")
         if config is None:
             config = PeftConfig.from_pretrained(model_id, **kwargs)
+        folder = os.path.join(model_id, kwargs["subfolder"]) if kwargs.get("subfolder") else model_id
+        weights = load_peft_weights(folder)
         config.inference_mode = not is_trainable
         task = config.task_type.value if config.task_type is not None else None
         model_cls = cls if cls is not PeftModel else MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(task, PeftModel)
-        weights = load_peft_weights(model_id)
-        if config.is_prompt_learning:
-            peft_model = model_cls(model, config, adapter_name, _encoded_prompts=True)
-        else:
-            peft_model = model_cls(model, config, adapter_name)
-        peft_model._load_weights(weights, adapter_name, is_trainable)
+        with unchanged_on_error(model):
+            if config.is_prompt_learning:
+                peft_model = model_cls(model, config, adapter_name, _encoded_prompts=True)
+            else:
+                peft_model = model_cls(model, config, adapter_name)
+            peft_model._load_weights(weights, adapter_name, is_trainable, strict)
         return peft_model
 
-    def load_adapter(self, model_id, adapter_name, is_trainable=False, **kwargs):
-        """Load the adapter in the local folder ``model_id`` as ``adapter_name`` (not activated)."""
-        if adapter_name not in self.peft_config:
-            config = PeftConfig.from_pretrained(model_id, **kwargs)
-            config.inference_mode = not is_trainable
-            weights = load_peft_weights(model_id)
+    def load_adapter(self, model_id, adapter_name, is_trainable=False, strict=True, **kwargs):
+        """Load the adapter in the local folder ``model_id`` as the new adapter ``adapter_name`` (not activated).
+
+        ``strict`` as in :meth:`from_pretrained`; a refused load leaves the model as it was.
+        """
+        if adapter_name in self.peft_config:
+            raise ValueError(f"Adapter {adapter_name!r} already exists; load the checkpoint under another name, or "
+                             f"delete_adapter({adapter_name!r}) first")
+        config = PeftConfig.from_pretrained(model_id, **kwargs)
+        config.inference_mode = not is_trainable
+        folder = os.path.join(model_id, kwargs["subfolder"]) if kwargs.get("subfolder") else model_id
+        weights = load_peft_weights(folder)
+        with unchanged_on_error(self, new_adapter=adapter_name):
             if self._is_prompt_learning and config.is_prompt_learning:
                 self._prepare_config(config)
                 self._add_prompt_adapter(adapter_name, config, encoded=True)
             else:
                 self.add_adapter(adapter_name, config)
-        else:
-            weights = load_peft_weights(model_id)
-        self._load_weights(weights, adapter_name, is_trainable)
+            self._load_weights(weights, adapter_name, is_trainable, strict)
 
-    def _load_weights(self, weights, adapter_name, is_trainable):
-        set_peft_model_state_dict(self, weights, adapter_name)
+    def _load_weights(self, weights, adapter_name, is_trainable, strict=True):
+        set_peft_model_state_dict(self, weights, adapter_name, strict=strict)
         if self._is_prompt_learning:  # training goes on from the stored (encoded) prompts
             for param in self.prompt_encoder[adapter_name].get_parameters():
                 param.requires_grad = is_trainable and adapter_name == self._prompt_adapter

@@ -15,6 +15,8 @@ import tempfile
 import uuid
 from contextlib import contextmanager
 
+import numpy as np
+
 _TEMP_MARK = ".mindpeft-"
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -107,7 +109,14 @@ def remove_stale_temporaries(path):
             continue
         pid = entry[len(prefix):].split("-")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+            stale = os.path.join(parent, entry)
+            if os.path.isdir(stale) and not os.path.islink(stale):
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                try:
+                    os.remove(stale)
+                except OSError:
+                    pass
 
 
 def _temporary_sibling(path, kind):
@@ -135,10 +144,20 @@ def atomic_directory(path):
         if os.path.isdir(path):
             _link_missing(path, staging)
         _fsync_tree(staging)
+        cwd = _working_directory()
         _swap_in(staging, path)
+        if cwd == path or cwd.startswith(path + os.sep):  # follow the folder, not the old one about to go
+            os.chdir(cwd)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _fsync_path(parent)
+
+
+def _working_directory():
+    try:
+        return os.getcwd()
+    except OSError:
+        return ""
 
 
 def _swap_in(staging, path):
@@ -166,6 +185,7 @@ def _swap_in(staging, path):
 def atomic_write_bytes(path, data):
     """Write ``data`` to ``path`` through a fsynced temporary file and a rename: old or new, never a mix."""
     parent = os.path.dirname(os.path.abspath(path))
+    remove_stale_temporaries(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}{_TEMP_MARK}{os.getpid()}-")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -180,18 +200,39 @@ def atomic_write_bytes(path, data):
     _fsync_path(parent)
 
 
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _dumps(data, **kwargs):
+    return json.dumps(data, allow_nan=False, default=_json_default, **kwargs)
+
+
 def json_dumps(data):
-    """``data`` as indented JSON text; raises ``TypeError`` naming the key of a value JSON cannot hold."""
+    """``data`` as indented JSON text (numpy scalars as numbers, sets as sorted lists).
+
+    Raises ``TypeError`` (a value JSON cannot hold) or ``ValueError`` (NaN or infinity) naming the key.
+    """
     try:
-        return json.dumps(data, indent=2, sort_keys=True)
-    except TypeError:
+        return _dumps(data, indent=2, sort_keys=True)
+    except (TypeError, ValueError):
         if isinstance(data, dict):
             for key, value in data.items():
                 try:
-                    json.dumps(value)
-                except TypeError as err:
-                    raise TypeError(f"{key!r}: {err}") from None
+                    _dumps(value)
+                except (TypeError, ValueError) as inner:
+                    raise type(inner)(f"{key!r}: {inner}") from None
         raise
+
+
+def write_text(path, text):
+    """Write ``text`` as UTF-8 to ``path`` (a file inside an :func:`atomic_directory` folder)."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def write_json(path, data):

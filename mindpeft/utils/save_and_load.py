@@ -1,13 +1,14 @@
 """Adapter state dicts with HF peft's key names (adapter name removed), and their loading."""
 import os
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 from safetensors.numpy import save_file
 
 from ..models.modeling_utils import assign, load_safetensors, to_numpy
 from .constants import EMBEDDING_LAYER_NAMES, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
-from .other import ModulesToSaveWrapper
+from .other import ModulesToSaveWrapper, replace_child
 
 PROMPT_EMBEDDINGS_KEY = "prompt_embeddings"
 
@@ -40,24 +41,27 @@ def _adapter_parameter_keys(model, adapter_name):
     return mapping
 
 
-def _extra_parameter_keys(model, config):
-    """Model keys saved verbatim with the adapter: trained biases and targeted embedding base weights."""
+def _bias_keys(model, config):
+    """Model keys of the biases the adapter's ``bias`` option trains (saved with the adapter)."""
     from ..tuners.tuners_utils import BaseTunerLayer
 
-    keys = []
     bias = getattr(config, "bias", "none")
-    names = [n for n, _ in model.parameters_and_names()]
     if bias == "all":
-        keys += [n for n in names if n.endswith(".bias") and ".modules_to_save." not in n
-                 and ".original_module." not in n]
-    elif bias == "lora_only":
-        for cell_name, cell in model.cells_and_names():
-            if isinstance(cell, BaseTunerLayer) and f"{cell_name}.base_layer.bias" in names:
-                keys.append(f"{cell_name}.base_layer.bias")
+        return [n for n, _ in model.parameters_and_names() if n.endswith(".bias") and ".modules_to_save." not in n
+                and ".original_module." not in n]
+    if bias == "lora_only":
+        names = dict(model.parameters_and_names())
+        return [f"{cell_name}.base_layer.bias" for cell_name, cell in model.cells_and_names()
+                if isinstance(cell, BaseTunerLayer) and f"{cell_name}.base_layer.bias" in names]
+    return []
+
+
+def _embedding_base_keys(model, config):
+    """Model keys of the base weights of targeted embedding layers (saved with the adapter, as HF peft does)."""
     targets = getattr(config, "target_modules", None)
-    if isinstance(targets, (set, list)) and any(e in targets for e in EMBEDDING_LAYER_NAMES):
-        keys += [n for n in names if any(f".{e}.base_layer." in n for e in EMBEDDING_LAYER_NAMES)]
-    return keys
+    if not isinstance(targets, (set, list)) or not any(e in targets for e in EMBEDDING_LAYER_NAMES):
+        return []
+    return [n for n, _ in model.parameters_and_names() if any(f".{e}.base_layer." in n for e in EMBEDDING_LAYER_NAMES)]
 
 
 def get_peft_model_state_dict(model, adapter_name="default"):
@@ -65,7 +69,7 @@ def get_peft_model_state_dict(model, adapter_name="default"):
     config = model.peft_config[adapter_name]
     params = dict(model.parameters_and_names())
     out = {ck: to_numpy(params[mk]) for mk, ck in _adapter_parameter_keys(model, adapter_name).items()}
-    for key in _extra_parameter_keys(model, config):
+    for key in _bias_keys(model, config) + _embedding_base_keys(model, config):
         out[key] = to_numpy(params[key])
     if config.is_prompt_learning:
         out[PROMPT_EMBEDDINGS_KEY] = model.get_prompt_embedding_to_save(adapter_name)
@@ -74,51 +78,104 @@ def get_peft_model_state_dict(model, adapter_name="default"):
     return out
 
 
-def set_peft_model_state_dict(model, state_dict, adapter_name="default"):
-    """Copy a checkpoint ``{HF peft key: array}`` into ``adapter_name``'s parameters.
+def _owned_keys(model, config, adapter_name):
+    """``(owned, required)``: ``{checkpoint key: Parameter}`` of every tensor the adapter's checkpoint may hold,
+    and ``{model key: checkpoint keys}`` of those it must hold."""
+    params = dict(model.parameters_and_names())
+    owned, required = {}, {}
+    if config.is_prompt_learning:
+        owned[PROMPT_EMBEDDINGS_KEY] = model.prompt_encoder[adapter_name].embedding.weight
+        required[PROMPT_EMBEDDINGS_KEY] = [PROMPT_EMBEDDINGS_KEY]
+    for mk, ck in _adapter_parameter_keys(model, adapter_name).items():
+        aliases = [ck]
+        if ".modules_to_save." in mk:  # older HF peft wrote "<module>.modules_to_save.<param>"; bias="all" the key
+            module, _, rest = mk.partition(f".modules_to_save.{adapter_name}.")
+            aliases += [f"{module}.modules_to_save.{rest}", mk]
+        required[mk] = aliases
+        owned.update((alias, params[mk]) for alias in aliases)
+    for key in _bias_keys(model, config):
+        required[key] = [key]
+        owned[key] = params[key]
+    optional = _embedding_base_keys(model, config)
+    if getattr(config, "bias", "none") == "all":  # HF peft also saves the frozen originals' biases
+        optional += [n for n in params if n.endswith(".bias") and ".original_module." in n]
+    owned.update((key, params[key]) for key in optional)
+    return owned, required
 
-    Raises ``ValueError`` for keys that match no parameter of the model and for shape mismatches; returns the
-    list of adapter parameters the checkpoint did not contain.
+
+def _shorten(keys, limit=10):
+    keys = sorted(keys)
+    return f"{keys[:limit]}{f' and {len(keys) - limit} more' if len(keys) > limit else ''}"
+
+
+def non_finite_keys(state_dict):
+    """Keys of the floating-point tensors of ``state_dict`` that hold NaN or infinity."""
+    return [k for k, v in state_dict.items()
+            if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()]
+
+
+def set_peft_model_state_dict(model, state_dict, adapter_name="default", strict=True):
+    """Copy a checkpoint ``{HF peft key: array}`` into ``adapter_name``'s parameters; returns the model keys of
+    adapter parameters the checkpoint lacks (empty unless ``strict=False``).
+
+    Everything is checked before anything is assigned, and a ``ValueError`` names the keys at fault: NaN or
+    infinite values and shape mismatches always raise; so do, unless ``strict=False`` (then they are skipped, or
+    keep their initial values, with a warning), tensors the adapter's config promises but the checkpoint lacks,
+    keys matching no parameter, and base model weights the adapter does not own (not its own parameters,
+    ``modules_to_save`` copies, ``bias`` biases or targeted embeddings), which are never overwritten.
     """
     config = model.peft_config[adapter_name]
-    if config.is_prompt_learning:
-        state_dict = dict(state_dict)
-        if PROMPT_EMBEDDINGS_KEY not in state_dict:
-            raise ValueError(f"The prompt-learning adapter checkpoint has no '{PROMPT_EMBEDDINGS_KEY}' tensor")
-        assign(model.prompt_encoder[adapter_name].embedding.weight, state_dict.pop(PROMPT_EMBEDDINGS_KEY),
-               PROMPT_EMBEDDINGS_KEY)
-    else:
+    bad_values = non_finite_keys(state_dict)
+    if bad_values:
+        raise ValueError(f"The adapter checkpoint holds NaN or infinite values in {_shorten(bad_values)}")
+    if not config.is_prompt_learning:
         model.base_model._prepare_for_loading(adapter_name)
-    params = dict(model.parameters_and_names())
-    ckpt_to_model = {ck: mk for mk, ck in _adapter_parameter_keys(model, adapter_name).items()}
-    for mk in list(ckpt_to_model.values()):
-        if ".modules_to_save." in mk:  # older HF peft wrote "<module>.modules_to_save.<param>"
-            module, _, rest = mk.partition(f".modules_to_save.{adapter_name}.")
-            ckpt_to_model.setdefault(f"{module}.modules_to_save.{rest}", mk)
-    loaded, unexpected = set(), []
+    owned, required = _owned_keys(model, config, adapter_name)
+    model_keys = {k.replace(".base_layer.", ".").replace(".original_module.", ".")
+                  for k, _ in model.parameters_and_names()}
+    plan, foreign, unknown, mismatched = [], [], [], []
     for key, value in state_dict.items():
-        target = ckpt_to_model.get(key, key if key in params else None)
-        if target is None:
-            unexpected.append(key)
-            continue
-        assign(params[target], value, key)
-        loaded.add(target)
-    if unexpected:
-        raise ValueError(f"The adapter checkpoint has weights that match no parameter of the model (was it trained "
-                         f"on another architecture or with other target_modules?): {unexpected[:10]}"
-                         f"{' ...' if len(unexpected) > 10 else ''}")
-    missing = [mk for mk in set(ckpt_to_model.values()) if mk not in loaded]
+        param = owned.get(key)
+        if param is None:
+            (foreign if key in model_keys else unknown).append(key)
+        elif tuple(np.shape(value)) != tuple(param.shape):
+            mismatched.append(f"Shape mismatch for {key!r}: checkpoint has {tuple(np.shape(value))}, model "
+                              f"expects {tuple(param.shape)}")
+        else:
+            plan.append((param, value, key))
+    if mismatched:
+        raise ValueError("; ".join(mismatched))
+    missing = [mk for mk, aliases in required.items() if not any(a in state_dict for a in aliases)]
+    problems = []
+    if unknown:
+        problems.append(f"The adapter checkpoint has weights that match no parameter of the model (was it trained "
+                        f"on another architecture or with other target_modules?): {_shorten(unknown)}.")
+    if foreign:
+        problems.append(f"The adapter checkpoint holds base model weights that adapter {adapter_name!r} does not "
+                        f"own (loading them would overwrite the base model): {_shorten(foreign)}.")
     if missing:
-        warnings.warn(f"Adapter weights missing from the checkpoint (they keep their initial values): "
-                      f"{sorted(missing)[:10]}")
+        problems.append(f"The adapter checkpoint lacks weights its config promises: {_shorten(missing)}.")
+    if problems and strict:
+        raise ValueError(" ".join(problems) + " Pass strict=False to load it anyway (extra weights are skipped, "
+                         "missing ones keep their initial values).")
+    if problems:
+        warnings.warn(" ".join(problems) + " Loading anyway (strict=False): extra weights are skipped, missing "
+                      "ones keep their initial values.")
+    for param, value, key in plan:
+        assign(param, value, key)
     return missing
 
 
 def load_peft_weights(model_id):
-    """The ``{key: array}`` adapter weights in the local folder ``model_id``."""
+    """The ``{key: array}`` adapter weights in the local folder ``model_id``; a damaged file, or NaN or infinite
+    values, raise ``ValueError`` naming the file."""
     path = os.path.join(model_id, SAFETENSORS_WEIGHTS_NAME)
     if os.path.isfile(path):
-        return load_safetensors(path)
+        weights = load_safetensors(path)
+        bad_values = non_finite_keys(weights)
+        if bad_values:
+            raise ValueError(f"{path} holds NaN or infinite values in {_shorten(bad_values)}")
+        return weights
     if os.path.isfile(os.path.join(model_id, WEIGHTS_NAME)):
         raise ValueError(f"{model_id!r} holds only a PyTorch pickle ({WEIGHTS_NAME}); mindpeft reads "
                          f"{SAFETENSORS_WEIGHTS_NAME}. Re-save it with safe_serialization=True in HF peft.")
@@ -126,6 +183,55 @@ def load_peft_weights(model_id):
 
 
 def save_peft_weights(state_dict, directory):
+    """Write ``adapter_model.safetensors`` into ``directory`` (a folder being built by ``atomic_directory``)."""
     os.makedirs(directory, exist_ok=True)
     tensors = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
     save_file(tensors, os.path.join(directory, SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
+
+
+class _TreeState:
+    """Child Cells, train/eval modes, Parameter names and trainable flags of a Cell tree, to put back later."""
+
+    def __init__(self, root):
+        self.cells = [(cell, dict(cell.name_cells()), cell.training) for _, cell in root.cells_and_names()]
+        self.params = [(param, param.name, param.requires_grad) for _, param in root.parameters_and_names()]
+
+    def restore(self):
+        for cell, children, _ in self.cells:
+            current = cell.name_cells()
+            for name, child in children.items():
+                if current.get(name) is not child:
+                    replace_child(cell, name, child)
+        for cell, _, training in self.cells:  # parents first: each call resets the subtree below
+            cell.set_train(training)
+        for param, name, requires_grad in self.params:
+            param.name = name
+            param.requires_grad = requires_grad
+
+
+def _discard_adapter(peft_model, adapter_name):
+    """Remove what a failed load added of ``adapter_name`` to ``peft_model`` (also a half-injected adapter)."""
+    from ..tuners.tuners_utils import BaseTunerLayer
+
+    peft_model.peft_config.pop(adapter_name, None)
+    if peft_model._is_prompt_learning and adapter_name in peft_model.prompt_encoder:
+        del peft_model.prompt_encoder[adapter_name]
+    for _, cell in list(peft_model.cells_and_names()):
+        if isinstance(cell, BaseTunerLayer) and adapter_name in cell.adapter_names():
+            cell.delete_adapter(adapter_name)
+        elif isinstance(cell, ModulesToSaveWrapper):
+            cell.delete_adapter(adapter_name)
+
+
+@contextmanager
+def unchanged_on_error(root, new_adapter=None):
+    """When the block raises, put the Cell tree ``root`` back as it was (its structure, modes, Parameter names and
+    trainable flags), first removing ``new_adapter`` from the PeftModel ``root`` if given."""
+    state = _TreeState(root)
+    try:
+        yield
+    except BaseException:
+        if new_adapter is not None:
+            _discard_adapter(root, new_adapter)
+        state.restore()
+        raise

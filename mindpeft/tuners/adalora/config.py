@@ -3,6 +3,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ...config import check_integer, check_mapping, check_number
 from ...utils.peft_types import PeftType
 from ..lora.config import LoraConfig
 
@@ -26,6 +27,11 @@ class AdaLoraConfig(LoraConfig):
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = PeftType.ADALORA
+        for name, minimum in (("target_r", 1), ("init_r", 1), ("tinit", 0), ("tfinal", 0), ("deltaT", 1)):
+            check_integer(self, name, minimum)
+        check_integer(self, "total_step", optional=True)
+        for name in ("beta1", "beta2", "orth_reg_weight"):
+            check_number(self, name)
         if self.r != 8:
             warnings.warn("Note that `r` is not used in AdaLora and will be ignored. If you intended to set the "
                           "initial rank, use `init_r` instead.")
@@ -39,10 +45,10 @@ class AdaLoraConfig(LoraConfig):
                              "`tfinal`/`tinit` or increase `total_step`.")
         if not (0 < self.beta1 < 1 and 0 < self.beta2 < 1):
             raise ValueError(f"beta1 and beta2 must be in (0, 1), got {self.beta1}, {self.beta2}")
-        if self.init_r <= 0 or self.target_r <= 0:
-            raise ValueError(f"init_r and target_r must be positive, got {self.init_r}, {self.target_r}")
 
     def _check_rank_pattern(self):
-        for name, kept in (self.rank_pattern or {}).items():
-            if not isinstance(kept, list) or not all(isinstance(k, bool) for k in kept):
-                raise ValueError(f"AdaLoRA rank_pattern[{name!r}] must be a list of booleans")
+        check_mapping(self, "rank_pattern", _is_bool_list, "lists of booleans (the ranks AdaLoRA keeps)")
+
+
+def _is_bool_list(value):
+    return isinstance(value, list) and all(isinstance(v, bool) for v in value)

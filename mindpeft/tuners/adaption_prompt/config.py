@@ -2,7 +2,7 @@
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ...config import PeftConfig
+from ...config import PeftConfig, check_integer, check_string
 from ...utils.peft_types import PeftType
 
 TRANSFORMERS_MODELS_TO_ADAPTION_PROMPT_TARGET = {"llama": "self_attn", "mistral": "self_attn"}
@@ -20,10 +20,9 @@ class AdaptionPromptConfig(PeftConfig):
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = PeftType.ADAPTION_PROMPT
+        check_string(self, "target_modules")
         for name in ("adapter_len", "adapter_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_integer(self, name, minimum=1)
 
     @property
     def is_adaption_prompt(self):

@@ -2,7 +2,7 @@
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from ...config import PeftConfig
+from ...config import PeftConfig, check_bool, check_names
 from ...utils.peft_types import PeftType
 
 
@@ -23,9 +23,10 @@ class IA3Config(PeftConfig):
         super().__post_init__()
         self.peft_type = PeftType.IA3
         for name in ("target_modules", "exclude_modules", "feedforward_modules"):
-            value = getattr(self, name)
-            if isinstance(value, (list, tuple, set)):
-                setattr(self, name, set(value))
+            check_names(self, name)
+        check_names(self, "modules_to_save", keep_str=False, as_set=False)
+        for name in ("fan_in_fan_out", "init_ia3_weights"):
+            check_bool(self, name)
         if (isinstance(self.target_modules, set) and isinstance(self.feedforward_modules, set)
                 and not self.feedforward_modules.issubset(self.target_modules)):
             raise ValueError("`feedforward_modules` should be a subset of `target_modules`")

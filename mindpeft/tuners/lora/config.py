@@ -2,7 +2,8 @@
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from ...config import PeftConfig
+from ...config import (PeftConfig, check_bool, check_mapping, check_names, check_number, describe, is_integer,
+                       is_number)
 from ...utils.peft_types import PeftType
 
 INIT_LORA_WEIGHTS_CHOICES = (True, False, "gaussian")
@@ -38,17 +39,23 @@ class LoraConfig(PeftConfig):
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = PeftType.LORA
-        for name in ("target_modules", "exclude_modules"):
-            value = getattr(self, name)
-            if isinstance(value, (list, tuple, set)):
-                setattr(self, name, set(value))
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+        if not is_integer(self.r) or self.r <= 0:
             raise ValueError(f"`r` should be a positive integer value but the value passed is {self.r!r}")
+        check_number(self, "lora_alpha")
+        check_number(self, "lora_dropout")
         if self.lora_dropout < 0 or self.lora_dropout >= 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        for name in ("target_modules", "exclude_modules"):
+            check_names(self, name)
+        check_names(self, "modules_to_save", keep_str=False, as_set=False)
+        check_names(self, "layers_pattern", as_set=False)
+        self._check_layers_to_transform()
+        for name in ("fan_in_fan_out", "use_rslora", "use_dora"):
+            check_bool(self, name)
         if self.bias not in ("none", "all", "lora_only"):
             raise ValueError(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
-        if self.init_lora_weights not in INIT_LORA_WEIGHTS_CHOICES:
+        init = self.init_lora_weights
+        if not isinstance(init, (bool, str)) or init not in INIT_LORA_WEIGHTS_CHOICES:
             raise ValueError(f"init_lora_weights={self.init_lora_weights!r} is not supported by mindpeft; "
                              f"choose from {INIT_LORA_WEIGHTS_CHOICES}")
         if self.use_dora:
@@ -60,8 +67,15 @@ class LoraConfig(PeftConfig):
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified.")
         self._check_rank_pattern()
+        check_mapping(self, "alpha_pattern", is_number, "finite ints or floats")
+
+    def _check_layers_to_transform(self):
+        value = self.layers_to_transform
+        if value is None or (is_integer(value) and value >= 0):
+            return
+        if not isinstance(value, list) or not all(is_integer(v) and v >= 0 for v in value):
+            raise ValueError(f"layers_to_transform must be a non-negative integer or a list of them, got "
+                             f"{describe(value)}")
 
     def _check_rank_pattern(self):
-        for pattern, rank in (self.rank_pattern or {}).items():
-            if not isinstance(rank, int) or rank <= 0:
-                raise ValueError(f"rank_pattern[{pattern!r}] must be a positive integer, got {rank!r}")
+        check_mapping(self, "rank_pattern", lambda rank: is_integer(rank) and rank > 0, "positive integers")

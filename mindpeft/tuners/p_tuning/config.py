@@ -3,7 +3,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from ...config import PromptLearningConfig
+from ...config import PromptLearningConfig, check_integer, check_number
 from ...utils.peft_types import PeftType
 
 
@@ -25,6 +25,11 @@ class PromptEncoderConfig(PromptLearningConfig):
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = PeftType.P_TUNING
+        check_integer(self, "encoder_hidden_size", minimum=1, optional=True)
+        check_integer(self, "encoder_num_layers", minimum=1)
+        check_number(self, "encoder_dropout")
+        if not 0 <= self.encoder_dropout < 1:
+            raise ValueError(f"encoder_dropout must be in [0, 1), got {self.encoder_dropout}")
         valid = [t.value for t in PromptEncoderReparameterizationType]
         if self.encoder_reparameterization_type not in valid:
             raise ValueError(f"encoder_reparameterization_type must be one of {valid}, got "

@@ -2,7 +2,7 @@
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ...config import PromptLearningConfig
+from ...config import PromptLearningConfig, check_bool, check_integer
 from ...utils.peft_types import PeftType
 
 
@@ -16,3 +16,5 @@ class PrefixTuningConfig(PromptLearningConfig):
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = PeftType.PREFIX_TUNING
+        check_integer(self, "encoder_hidden_size", minimum=1, optional=True)
+        check_bool(self, "prefix_projection")

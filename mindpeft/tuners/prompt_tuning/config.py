@@ -3,7 +3,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from ...config import PromptLearningConfig
+from ...config import PromptLearningConfig, check_string
 from ...utils.peft_types import PeftType
 
 
@@ -26,6 +26,10 @@ class PromptTuningConfig(PromptLearningConfig):
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = PeftType.PROMPT_TUNING
+        for name in ("prompt_tuning_init_text", "tokenizer_name_or_path"):
+            check_string(self, name)
+        if self.tokenizer_kwargs is not None and not isinstance(self.tokenizer_kwargs, dict):
+            raise ValueError(f"tokenizer_kwargs must be a dict, got {self.tokenizer_kwargs!r}")
         if self.prompt_tuning_init not in [i.value for i in PromptTuningInit]:
             raise ValueError(f"prompt_tuning_init must be TEXT or RANDOM, got {self.prompt_tuning_init!r}")
         self.prompt_tuning_init = PromptTuningInit(self.prompt_tuning_init)
