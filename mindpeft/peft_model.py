@@ -7,6 +7,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from .config import PeftConfig
+from .models.model_outputs import ModelOutputMixin
 from .models.modeling_utils import sync_parameter_names
 from .utils.constants import CONFIG_NAME, TASK_HEAD_MODULE_NAMES
 from .utils.io import atomic_directory, write_text
@@ -16,7 +17,7 @@ from .utils.save_and_load import (get_peft_model_state_dict, load_peft_weights, 
                                   set_peft_model_state_dict, unchanged_on_error)
 
 
-class PeftModel(nn.Cell):
+class PeftModel(ModelOutputMixin, nn.Cell):
     """Base model with adapters; ``construct`` forwards to the adapted model.
 
     Layer-injecting methods (LoRA, IA3, ...) live in ``base_model``, a tuner wrapping the model. Prompt-learning

@@ -6,6 +6,8 @@ so these wrappers recompile whenever ``model.state_version`` or ``model.training
 import mindspore as ms
 from mindspore import ops
 
+from ..models.model_outputs import to_model_output
+
 
 def model_loss(model):
     """A loss function ``(**batch) -> model(**batch)["loss"]`` for models that compute their loss from labels."""
@@ -34,7 +36,15 @@ class _StateAwareJit:
             fn = self._build()
             self._fn = ms.jit(fn) if self.jit else fn
             self._key = key
-        return self._fn(**batch)
+        try:
+            return self._fn(**batch)
+        except (AttributeError, RuntimeError, ValueError) as err:
+            message = str(err)
+            if self.jit and ("'Dictionary' object has no attribute" in message or "The key 0 does not exist" in message):
+                raise AttributeError("Inside mindspore.jit a model's outputs are a plain dict: read them by key "
+                                     "(outputs[\"loss\"]), not as outputs.loss or outputs[0]. MindSpore said: "
+                                     f"{message.splitlines()[0]}") from err
+            raise
 
 
 class TrainStep(_StateAwareJit):
@@ -79,3 +89,6 @@ class ForwardStep(_StateAwareJit):
             return model(**batch)
 
         return forward
+
+    def __call__(self, **batch):
+        return to_model_output(super().__call__(**batch))
