@@ -10,11 +10,13 @@ from .auto import (AutoPeftModel, AutoPeftModelForCausalLM, AutoPeftModelForFeat
                    AutoPeftModelForSequenceClassification, AutoPeftModelForTokenClassification)
 from .config import PeftConfig, PromptLearningConfig
 from .mapping import PEFT_TYPE_TO_CONFIG_MAPPING, get_peft_model
+from .models.tokenization_auto import AutoTokenizer
 from .peft_model import (PeftModel, PeftModelForCausalLM, PeftModelForFeatureExtraction,
                          PeftModelForQuestionAnswering, PeftModelForSeq2SeqLM, PeftModelForSequenceClassification,
                          PeftModelForTokenClassification)
 from .tuners import (AdaLoraConfig, AdaLoraModel, AdaptionPromptConfig, AdaptionPromptModel, IA3Config, IA3Model,
                      LoraConfig, LoraModel, PrefixEncoder, PrefixTuningConfig, PromptEmbedding, PromptEncoder,
                      PromptEncoderConfig, PromptEncoderReparameterizationType, PromptTuningConfig, PromptTuningInit)
-from .utils import (PeftType, TaskType, get_peft_model_state_dict, load_peft_weights,
-                    set_peft_model_state_dict)
+from .training.schedules import get_linear_schedule_with_warmup
+from .utils import (PeftType, TaskType, get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict,
+                    set_seed)

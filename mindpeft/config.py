@@ -9,6 +9,7 @@ from typing import Optional, Union
 import numpy as np
 
 from .utils.constants import CONFIG_NAME
+from .utils.hub import resolve_folder
 from .utils.io import atomic_directory, json_dumps, read_json_object, write_text
 from .utils.peft_types import PeftType, TaskType
 
@@ -163,13 +164,12 @@ class PeftConfigMixin:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, **kwargs):
-        """Load ``adapter_config.json`` from a local folder (optionally its ``subfolder``)."""
-        path = pretrained_model_name_or_path
-        if subfolder is not None:
-            path = os.path.join(path, subfolder)
+        """Load ``adapter_config.json`` from a local folder or a hub id in the local HF cache (optionally its
+        ``subfolder``)."""
+        path = resolve_folder(pretrained_model_name_or_path, kwargs.pop("revision", None), subfolder)
         file = os.path.join(path, CONFIG_NAME)
         if not os.path.isfile(file):
-            raise ValueError(f"Can't find '{CONFIG_NAME}' at {path!r} (mindpeft loads adapters from local folders)")
+            raise ValueError(f"Can't find '{CONFIG_NAME}' at {path!r} ")
         data = {**cls.from_json_file(file), **kwargs}
         if data.get("peft_type") is None:
             raise ValueError(f"{file} has no 'peft_type': it is not an adapter config")

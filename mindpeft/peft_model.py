@@ -10,6 +10,7 @@ from .config import PeftConfig
 from .models.model_outputs import ModelOutputMixin
 from .models.modeling_utils import sync_parameter_names
 from .utils.constants import CONFIG_NAME, TASK_HEAD_MODULE_NAMES
+from .utils.hub import resolve_folder
 from .utils.io import atomic_directory, write_text
 from .utils.other import ModulesToSaveWrapper, wrap_modules_to_save
 from .utils.peft_types import PeftType, TaskType
@@ -316,19 +317,17 @@ class PeftModel(ModelOutputMixin, nn.Cell):
     @classmethod
     def from_pretrained(cls, model, model_id, adapter_name="default", is_trainable=False, config=None, strict=True,
                         **kwargs):
-        """Wrap ``model`` and load the adapter saved in the local folder ``model_id`` (by mindpeft or HF peft).
+        """Wrap ``model`` and load the adapter (saved by mindpeft or HF peft) in ``model_id``: a local folder, or a
+        hub id found in the local Hugging Face cache.
 
         The files must match the config exactly unless ``strict=False`` (see
         :func:`mindpeft.utils.save_and_load.set_peft_model_state_dict`); a refused load leaves ``model`` as it was.
         """
         from .mapping import MODEL_TYPE_TO_PEFT_MODEL_MAPPING
 
-        if not os.path.isdir(model_id):
-            raise ValueError(f"Adapter folder {model_id!r} does not exist (mindpeft loads adapters from local "
-                             "folders)")
+        folder = resolve_folder(model_id, kwargs.pop("revision", None), kwargs.pop("subfolder", None))
         if config is None:
-            config = PeftConfig.from_pretrained(model_id, **kwargs)
-        folder = os.path.join(model_id, kwargs["subfolder"]) if kwargs.get("subfolder") else model_id
+            config = PeftConfig.from_pretrained(folder, **kwargs)
         weights = load_peft_weights(folder)
         config.inference_mode = not is_trainable
         task = config.task_type.value if config.task_type is not None else None
@@ -342,16 +341,17 @@ class PeftModel(ModelOutputMixin, nn.Cell):
         return peft_model
 
     def load_adapter(self, model_id, adapter_name, is_trainable=False, strict=True, **kwargs):
-        """Load the adapter in the local folder ``model_id`` as the new adapter ``adapter_name`` (not activated).
+        """Load the adapter in ``model_id`` (a folder or cached hub id) as the new adapter ``adapter_name`` (not
+        activated).
 
         ``strict`` as in :meth:`from_pretrained`; a refused load leaves the model as it was.
         """
         if adapter_name in self.peft_config:
             raise ValueError(f"Adapter {adapter_name!r} already exists; load the checkpoint under another name, or "
                              f"delete_adapter({adapter_name!r}) first")
-        config = PeftConfig.from_pretrained(model_id, **kwargs)
+        folder = resolve_folder(model_id, kwargs.pop("revision", None), kwargs.pop("subfolder", None))
+        config = PeftConfig.from_pretrained(folder, **kwargs)
         config.inference_mode = not is_trainable
-        folder = os.path.join(model_id, kwargs["subfolder"]) if kwargs.get("subfolder") else model_id
         weights = load_peft_weights(folder)
         with unchanged_on_error(self, new_adapter=adapter_name):
             if self._is_prompt_learning and config.is_prompt_learning:

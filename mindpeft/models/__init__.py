@@ -9,4 +9,6 @@ from .gpt2 import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, GP
 from .llama import LlamaConfig, LlamaForCausalLM, LlamaModel
 from .modeling_utils import PreTrainedModel
 from .t5 import MT5Config, MT5ForConditionalGeneration, T5Config, T5ForConditionalGeneration
-from .tokenization import Tokenizer, train_word_level_tokenizer
+from .tokenization import BatchEncoding, PreTrainedTokenizerFast, Tokenizer, train_word_level_tokenizer
+from .tokenization_auto import (AutoTokenizer, BertTokenizerFast, DistilBertTokenizerFast, GPT2TokenizerFast,
+                                RobertaTokenizerFast, T5TokenizerFast)

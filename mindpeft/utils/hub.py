@@ -7,10 +7,15 @@
 import os
 
 
+class NotFoundLocallyError(FileNotFoundError, ValueError):
+    """A name that is neither a local folder nor a cached hub id (a ``FileNotFoundError`` as transformers raises,
+    and a ``ValueError`` as HF peft raises for adapters)."""
+
+
 def resolve_folder(name_or_path, revision=None, subfolder=None):
     """The local folder for ``name_or_path``: itself when it is a folder, else the cached snapshot of that hub id.
 
-    Raises ``FileNotFoundError`` saying where it looked when it is neither.
+    Raises :class:`NotFoundLocallyError` saying where it looked when it is neither.
     """
     name_or_path = os.fspath(name_or_path)
     if os.path.isdir(name_or_path):
@@ -20,7 +25,7 @@ def resolve_folder(name_or_path, revision=None, subfolder=None):
     if subfolder:
         folder = os.path.join(folder, subfolder)
         if not os.path.isdir(folder):
-            raise FileNotFoundError(f"{name_or_path!r} has no sub-folder {subfolder!r} ({folder})")
+            raise NotFoundLocallyError(f"{name_or_path!r} has no sub-folder {subfolder!r} ({folder})")
     return folder
 
 
@@ -34,13 +39,13 @@ def _cached_snapshot(name, revision):
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     cache = constants.HF_HUB_CACHE
-    where = (f"{name!r} is not a local folder (looked at {os.path.abspath(name)})")
+    where = f"{name!r} does not exist as a local folder ({os.path.abspath(name)})"
     if not _looks_like_hub_id(name):
-        raise FileNotFoundError(f"{where}, and is not a hub id either")
+        raise NotFoundLocallyError(f"{where} (mindpeft loads from local folders or the local Hugging Face cache)")
     try:
         return snapshot_download(name, revision=revision, local_files_only=True)
     except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError, OSError) as err:
-        raise FileNotFoundError(
+        raise NotFoundLocallyError(
             f"{where}, nor in the local Hugging Face cache ({cache}, set by HF_HUB_CACHE or HF_HOME): {err}. "
             f"mindpeft never downloads; fetch it once with `huggingface-cli download {name}` or pass a local "
             f"folder.") from None
