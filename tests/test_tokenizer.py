@@ -444,7 +444,7 @@ def test_loading_options(folders):
 
 
 def test_clear_errors(folders, tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist.*local folders"):
+    with pytest.raises(FileNotFoundError, match="does not exist.*local folder"):
         AutoTokenizer.from_pretrained(str(tmp_path / "nowhere"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="No tokenizer.json.*needs tokenizer.json.*'fast'"):

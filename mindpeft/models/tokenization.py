@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ..utils.hub import resolve_folder
 from ..utils.io import atomic_directory
 
 logger = logging.getLogger(__name__)
@@ -1218,25 +1219,23 @@ def _missing_tokenizer_json_error(folder):
 def _from_folder(cls, path, kwargs, profile=None, fixed_profile=False):
     """Load ``cls`` from a folder (or a tokenizer.json file) following transformers 5's from_pretrained rules."""
     kwargs = dict(kwargs)
+    revision = kwargs.get("revision")
     for key in _HUB_KWARGS:
         kwargs.pop(key, None)
     subfolder = kwargs.pop("subfolder", None)
     path = os.fspath(path)
-    if subfolder:
-        path = os.path.join(path, subfolder)
+    if not os.path.isfile(path):
+        path = resolve_folder(path, revision, subfolder)
     if os.path.isfile(path):
         folder, tokenizer_file = os.path.dirname(path) or ".", path
         config_file = special_file = model_config_file = None
-    elif os.path.isdir(path):
+    else:
         folder = path
         tokenizer_file = os.path.join(folder, TOKENIZER_FILE)
         if not os.path.isfile(tokenizer_file):
             raise _missing_tokenizer_json_error(folder)
         config_file, special_file, model_config_file = (os.path.join(folder, name) for name in (
             TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_FILE, MODEL_CONFIG_FILE))
-    else:
-        raise FileNotFoundError(f"Tokenizer folder {path!r} does not exist (mindpeft loads tokenizers from local "
-                                "folders; download the model first, e.g. with `huggingface-cli download`)")
 
     init = _read_json(config_file) if config_file and os.path.isfile(config_file) else {}
     class_name = init.pop("tokenizer_class", None)
