@@ -2,9 +2,11 @@
 import json
 import os
 
+import mindspore as ms
 import numpy as np
 import pytest
 import torch
+import transformers
 
 from mindpeft import models
 from conftest import max_diff, ms_ids, rand_ids, torch_ids, torch_model
@@ -125,3 +127,70 @@ def test_model_loading_errors_are_clear(tiny_model_dir, tmp_path):
         models.GPT2LMHeadModel.from_pretrained(str(tmp_path / "bad"))
     with pytest.raises(ValueError, match="does not support model_type"):
         models.AutoModelForSeq2SeqLM.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def t5_standard_buckets(tmp_path_factory):
+    """A tiny T5 with the buckets of t5-small, flan-t5 and mT5: 32 buckets, max distance 128."""
+    torch.manual_seed(0)
+    config = transformers.T5Config(vocab_size=96, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                   decoder_start_token_id=0)
+    assert (config.relative_attention_num_buckets, config.relative_attention_max_distance) == (32, 128)
+    path = str(tmp_path_factory.mktemp("t5_standard"))
+    transformers.T5ForConditionalGeneration(config).eval().save_pretrained(path)
+    return path
+
+
+def test_t5_standard_buckets_match_transformers_on_long_inputs(t5_standard_buckets):
+    """Offsets of 16, 32 and 64 (inputs of 40+ tokens) land in the right bucket, encoder and decoder."""
+    path = t5_standard_buckets
+    ids, labels = rand_ids((2, 70)), rand_ids((2, 48), seed=1)
+    mask = np.ones_like(ids)
+    mask[1, 60:] = 0
+    ref = torch_model(path, "t5", "seq2seq")
+    with torch.no_grad():
+        expected = ref(torch_ids(ids), attention_mask=torch_ids(mask), labels=torch_ids(labels))
+    model = models.T5ForConditionalGeneration.from_pretrained(path)
+    got = model(ms_ids(ids), attention_mask=ms_ids(mask), labels=ms_ids(labels))
+    assert max_diff(got["encoder_last_hidden_state"][0], expected.encoder_last_hidden_state[0]) < 1e-4
+    assert max_diff(got["logits"], expected.logits) < 1e-4
+    assert abs(float(got["loss"]) - float(expected.loss)) < 1e-5
+    # with a cache: 40 decoder tokens, then one at a time (queries far from the start of the keys)
+    dec = models.t5.shift_right(ms_ids(labels), 0, 0)
+    encoded = got["encoder_last_hidden_state"]
+    out = model(attention_mask=ms_ids(mask), encoder_outputs=encoded, decoder_input_ids=dec[:, :40], use_cache=True)
+    for i in range(40, 48):
+        out = model(attention_mask=ms_ids(mask), encoder_outputs=encoded, decoder_input_ids=dec[:, i:i + 1],
+                    past_key_values=out["past_key_values"], use_cache=True)
+        assert max_diff(out["logits"][:, 0], expected.logits[:, i]) < 1e-4
+
+
+def test_t5_bucket_table_matches_transformers():
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    offsets = np.arange(-200, 201)
+    for num_buckets, max_distance in [(32, 128), (8, 20), (16, 128), (64, 256)]:
+        for bidirectional in (True, False):
+            expected = T5Attention._relative_position_bucket(torch.tensor(offsets), bidirectional, num_buckets,
+                                                             max_distance).numpy()
+            got = models.t5.relative_position_bucket(offsets, bidirectional, num_buckets, max_distance)
+            np.testing.assert_array_equal(got, expected)
+    table = models.t5.bucket_table(3, 70, True, 32, 128).asnumpy()  # the last 3 of 70 positions as queries
+    memory, context = np.arange(70)[None], np.arange(67, 70)[:, None]
+    expected = T5Attention._relative_position_bucket(torch.tensor(memory - context), True, 32, 128).numpy()
+    np.testing.assert_array_equal(table, expected)
+
+
+def test_bert_pooler_tanh_is_precise_on_large_activations(tiny_model_dir):
+    """MindSpore's CPU tanh kernel is off by up to 1e-4 around |x| = 5; the pooler uses a precise form."""
+    x = np.linspace(-8, 8, 4001).astype(np.float32)
+    assert np.abs(models.layers.tanh(ms.Tensor(x)).asnumpy() - np.tanh(x.astype(np.float64))).max() < 3e-6
+    path = tiny_model_dir("bert", "base")
+    ref, model = torch_model(path, "bert", "base"), models.BertModel.from_pretrained(path)
+    with torch.no_grad():
+        ref.pooler.dense.weight.mul_(40.0)  # pre-activations of a few units, where the kernel errs most
+    model.pooler.dense.weight.set_data(model.pooler.dense.weight * 40.0)
+    ids = rand_ids((4, 9))
+    with torch.no_grad():
+        expected = ref(torch_ids(ids)).pooler_output
+    assert max_diff(model(ms_ids(ids))["pooler_output"], expected) < 1e-5

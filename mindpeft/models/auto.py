@@ -3,7 +3,7 @@ import json
 import os
 
 from . import bert, gpt2, llama, t5
-from .configuration_utils import CONFIG_NAME
+from .configuration_utils import CONFIG_NAME, ConfigError
 
 CONFIG_MAPPING = {"gpt2": gpt2.GPT2Config, "bert": bert.BertConfig, "roberta": bert.RobertaConfig,
                   "t5": t5.T5Config, "mt5": t5.MT5Config, "llama": llama.LlamaConfig}
@@ -41,12 +41,16 @@ class _AutoModel:
 class AutoConfig:
     @staticmethod
     def from_pretrained(path, **kwargs):
-        with open(os.path.join(path, CONFIG_NAME), encoding="utf-8") as f:
+        file = os.path.join(path, CONFIG_NAME)
+        with open(file, encoding="utf-8") as f:
             data = json.load(f)
         model_type = data.get("model_type")
         if model_type not in CONFIG_MAPPING:
-            raise ValueError(f"Unsupported model_type {model_type!r}; supported: {sorted(CONFIG_MAPPING)}")
-        return CONFIG_MAPPING[model_type].from_dict(data, **kwargs)
+            raise ValueError(f"{file}: unsupported model_type {model_type!r}; supported: {sorted(CONFIG_MAPPING)}")
+        try:
+            return CONFIG_MAPPING[model_type].from_dict(data, **kwargs)
+        except ConfigError as err:
+            raise err.with_source(file) from None
 
 
 class AutoModel(_AutoModel):

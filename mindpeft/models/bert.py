@@ -5,9 +5,10 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from .configuration_utils import PretrainedConfig
-from .layers import Activation, Dropout, Embedding, LayerNorm, Linear
-from .model_outputs import (attention_bias, cross_entropy, merge_heads, scaled_dot_product_attention,
-                            sequence_classification_loss, split_heads, token_loss, with_optional)
+from .layers import Activation, Dropout, Embedding, LayerNorm, Linear, tanh
+from .model_outputs import (attention_bias, check_model_inputs, cross_entropy, in_jit, merge_heads,
+                            scaled_dot_product_attention, sequence_classification_loss, split_heads, token_loss,
+                            with_optional)
 from .modeling_utils import PreTrainedModel
 
 
@@ -18,6 +19,13 @@ class BertConfig(PretrainedConfig):
                 "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512, "type_vocab_size": 2,
                 "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0,
                 "classifier_dropout": None}
+    required_keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.check_sizes(positive=("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                                   "intermediate_size", "max_position_embeddings", "type_vocab_size"),
+                         divisible=(("hidden_size", "num_attention_heads"),))
 
 
 class RobertaConfig(BertConfig):
@@ -39,6 +47,7 @@ class BertEmbeddings(nn.Cell):
         self.dropout = Dropout(config.hidden_dropout_prob)
         self.roberta = roberta
         self.padding_idx = config.pad_token_id
+        self.max_positions = config.max_position_embeddings
 
     def construct(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                   past_length=0):
@@ -49,6 +58,8 @@ class BertEmbeddings(nn.Cell):
             if self.roberta and input_ids is not None:
                 not_pad = (input_ids != self.padding_idx).astype(ms.int32)
                 position_ids = (ops.cumsum(not_pad, 1) + past_length) * not_pad + self.padding_idx
+                if not in_jit():
+                    self._check_roberta_positions(position_ids, past_length)
             elif self.roberta:
                 start = self.padding_idx + 1 + past_length
                 position_ids = ops.arange(start, start + seq_len).view(1, seq_len)
@@ -58,6 +69,18 @@ class BertEmbeddings(nn.Cell):
             token_type_ids = ops.zeros((batch, seq_len), ms.int32)
         embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids) + self.position_embeddings(position_ids)
         return self.dropout(self.LayerNorm(embeddings))
+
+    def _check_roberta_positions(self, position_ids, past_length):
+        """PyNative: RoBERTa numbers the non-padding tokens from ``pad_token_id + 1``, so the length limit depends
+        on the padding."""
+        top = int(position_ids.asnumpy().max())
+        if top >= self.max_positions:
+            longest = self.max_positions - self.padding_idx - 1
+            past = f" after {past_length} past/prefix positions" if past_length else ""
+            raise ValueError(f"input_ids has {top - self.padding_idx - past_length} non-padding tokens{past} but the "
+                             f"model has max_position_embeddings={self.max_positions}, numbered from pad_token_id + 1 "
+                             f"= {self.padding_idx + 1}: at most {longest - past_length} tokens fit; truncate the "
+                             "input")
 
 
 class BertSelfAttention(nn.Cell):
@@ -143,7 +166,7 @@ class BertPooler(nn.Cell):
         self.dense = Linear(config.hidden_size, config.hidden_size, std=config.initializer_range)
 
     def construct(self, hidden_states):
-        return ops.tanh(self.dense(hidden_states[:, 0]))
+        return tanh(self.dense(hidden_states[:, 0]))
 
 
 class BertPreTrainedModel(PreTrainedModel):
@@ -160,6 +183,11 @@ class BertModel(BertPreTrainedModel):
         self.embeddings = BertEmbeddings(config, roberta)
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.vocab_size = config.vocab_size
+        self.type_vocab_size = config.type_vocab_size
+        self.max_positions = config.max_position_embeddings
+        self.roberta = roberta
+        self.position_offset = config.pad_token_id + 1 if roberta else 0
 
     def get_input_embeddings(self):
         return self.embeddings.word_embeddings
@@ -167,6 +195,11 @@ class BertModel(BertPreTrainedModel):
     def construct(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                   inputs_embeds=None, past_key_values=None):
         past_length = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        # RoBERTa's positions from input_ids skip the padding: their limit is checked on the values (PyNative)
+        check_model_inputs(input_ids, inputs_embeds, attention_mask, past_length, self.vocab_size, position_ids,
+                           self.max_positions, self.position_offset, token_type_ids=token_type_ids,
+                           type_vocab_size=self.type_vocab_size,
+                           length_limit=not (self.roberta and input_ids is not None))
         hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, past_length)
         kv_len = hidden_states.shape[1] + past_length
         bias = attention_bias(attention_mask, hidden_states.shape[1], kv_len, causal=False)
@@ -270,7 +303,7 @@ class RobertaClassificationHead(nn.Cell):
 
     def construct(self, features):
         x = self.dropout(features[:, 0, :])
-        x = self.dropout(ops.tanh(self.dense(x)))
+        x = self.dropout(tanh(self.dense(x)))
         return self.out_proj(x)
 
 

@@ -3,6 +3,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor
 
+from .model_outputs import check_model_inputs
+
 
 def _as_numpy(x):
     if x is None:
@@ -48,6 +50,9 @@ class GenerationMixin:
             raise ValueError("generate needs input_ids or inputs_embeds")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        prefix_past = None if self.config.is_encoder_decoder else model_kwargs.get("past_key_values")
+        check_model_inputs(input_ids, inputs_embeds, attention_mask,
+                           0 if prefix_past is None else prefix_past[0][0].shape[2], self.config.vocab_size)
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
         pad = pad_token_id if pad_token_id is not None else self.config.pad_token_id
         pad = eos if pad is None else pad

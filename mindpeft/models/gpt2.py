@@ -7,8 +7,8 @@ from mindspore import nn, ops
 from .configuration_utils import PretrainedConfig
 from .generation import GenerationMixin
 from .layers import Activation, Conv1D, Dropout, Embedding, LayerNorm, Linear, linear
-from .model_outputs import (attention_bias, causal_lm_loss, merge_heads, scaled_dot_product_attention,
-                            sequence_classification_loss, split_heads, with_optional)
+from .model_outputs import (attention_bias, causal_lm_loss, check_model_inputs, merge_heads,
+                            scaled_dot_product_attention, sequence_classification_loss, split_heads, with_optional)
 from .modeling_utils import PreTrainedModel
 
 
@@ -21,6 +21,12 @@ class GPT2Config(PretrainedConfig):
                 "bos_token_id": 50256, "eos_token_id": 50256}
     attribute_map = {"hidden_size": "n_embd", "max_position_embeddings": "n_positions",
                      "num_attention_heads": "n_head", "num_hidden_layers": "n_layer"}
+    required_keys = ("vocab_size", "n_embd", "n_layer", "n_head")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.check_sizes(positive=("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"),
+                         optional_positive=("n_inner",), divisible=(("n_embd", "n_head"),))
 
 
 class GPT2Attention(nn.Cell):
@@ -96,16 +102,20 @@ class GPT2Model(GPT2PreTrainedModel):
         self.drop = Dropout(config.embd_pdrop)
         self.h = nn.CellList([GPT2Block(config, i) for i in range(config.n_layer)])
         self.ln_f = LayerNorm(config.n_embd, config.layer_norm_epsilon)
+        self.vocab_size = config.vocab_size
+        self.n_positions = config.n_positions
 
     def get_input_embeddings(self):
         return self.wte
 
     def construct(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                   inputs_embeds=None, use_cache=False):
+        past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        check_model_inputs(input_ids, inputs_embeds, attention_mask, past_len, self.vocab_size, position_ids,
+                           self.n_positions, limit_name="n_positions")
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)
         seq_len = inputs_embeds.shape[1]
-        past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
         if position_ids is None:
             position_ids = ops.arange(past_len, past_len + seq_len).view(1, seq_len)
         hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))

@@ -5,10 +5,11 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from .configuration_utils import PretrainedConfig
+from .configuration_utils import ConfigError, PretrainedConfig
 from .generation import GenerationMixin
 from .layers import Activation, Dropout, Embedding, Linear, RMSNorm, linear
-from .model_outputs import attention_bias, causal_lm_loss, merge_heads, scaled_dot_product_attention, with_optional
+from .model_outputs import (attention_bias, causal_lm_loss, check_model_inputs, merge_heads,
+                            scaled_dot_product_attention, with_optional)
 from .modeling_utils import PreTrainedModel
 
 
@@ -20,13 +21,22 @@ class LlamaConfig(PretrainedConfig):
                 "rope_theta": 10000.0, "rope_scaling": None, "rope_parameters": None, "attention_bias": False,
                 "attention_dropout": 0.0, "mlp_bias": False, "bos_token_id": 1, "eos_token_id": 2,
                 "tie_word_embeddings": False}
+    required_keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        self.check_sizes(positive=("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                   "num_attention_heads", "max_position_embeddings"),
+                         optional_positive=("num_key_value_heads", "head_dim"))
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
+            self.check_sizes(divisible=(("hidden_size", "num_attention_heads"),))
             self.head_dim = self.hidden_size // self.num_attention_heads
+        self.check_sizes(divisible=(("num_attention_heads", "num_key_value_heads"),))
+        if self.head_dim % 2:
+            raise ConfigError(self.model_type, [f"head_dim={self.head_dim} must be even (rotary embeddings rotate "
+                                                "pairs of dimensions)"])
         rope = dict(self.rope_parameters or self.rope_scaling or {})
         self.rope_theta = rope.get("rope_theta", self.rope_theta)
         self.rope_type = rope.get("rope_type", rope.get("type", "default"))
@@ -148,16 +158,19 @@ class LlamaModel(LlamaPreTrainedModel):
         self.layers = nn.CellList([LlamaDecoderLayer(config) for _ in range(config.num_hidden_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = LlamaRotaryEmbedding(config)
+        self.vocab_size = config.vocab_size
 
     def get_input_embeddings(self):
         return self.embed_tokens
 
     def construct(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                   inputs_embeds=None, use_cache=False):
+        """Rotary positions have no table: like transformers, inputs may exceed ``max_position_embeddings``."""
+        past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        check_model_inputs(input_ids, inputs_embeds, attention_mask, past_len, self.vocab_size, position_ids)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         seq_len = inputs_embeds.shape[1]
-        past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
         if position_ids is None:
             position_ids = ops.arange(past_len, past_len + seq_len).view(1, seq_len)
         cos, sin = self.rotary_emb(position_ids)

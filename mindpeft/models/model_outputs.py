@@ -1,13 +1,162 @@
-"""Shared pieces of the model forwards: attention bias, losses, output dicts.
+"""Shared pieces of the model forwards: input checks, attention, losses and HF-style outputs.
 
-Models return plain ``dict`` outputs (``out["logits"]``, ``out["loss"]``) holding only the entries that were
-computed, because graph mode (``mindspore.jit``) returns dicts but cuts gradients through custom output classes.
+``construct`` returns a plain ``dict`` holding only the entries that were computed: graph mode (``mindspore.jit``)
+differentiates plain dicts exactly but cuts gradients through custom output classes. Calling a model from Python
+turns that dict into a :class:`ModelOutput` (``out.loss``, ``out["loss"]``, ``out[0]``); inside ``mindspore.jit``
+read outputs by key.
 """
+import sys
+from collections import OrderedDict
+
+import numpy as np
 import mindspore as ms
-from mindspore import ops
+from mindspore import Tensor, ops
+from mindspore.ops.primitive import constexpr
 
 NEG_INF = -1e9
 _batch_matmul_nt = ops.BatchMatMul(transpose_b=True)
+
+
+# ----- input checks -------------------------------------------------------------------------------------------------
+# Shapes are constants in both modes, so shape checks run as ``constexpr`` functions: plain Python in PyNative and
+# at compile time under ``mindspore.jit`` (the ValueError surfaces from the compile). Value checks (token ids,
+# labels) need the data, so they run only in PyNative and are skipped while compiling.
+
+
+def _jit_marker():
+    return 0
+
+
+@constexpr(check=False)
+def _is_none(obj):
+    return obj is None
+
+
+def in_jit():
+    """``True`` while ``mindspore.jit`` / graph mode compiles the caller, ``False`` in PyNative.
+
+    Graph mode hands a constexpr function-valued arguments as ``None`` (the trick of MindSpore's own
+    ``mindspore.graph.api._run_in_jit``, whose local import graph mode cannot parse).
+    """
+    return _is_none(_jit_marker)
+
+
+def _fmt_shape(shape):
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _known(*dims):
+    return all(d is not None and d >= 0 for d in dims)
+
+
+@constexpr(check=False)
+def _check_input_shapes(ids_shape, embeds_shape, mask_shape, position_shape, type_shape, past_length, max_positions,
+                        position_offset, limit_name, prefix, length_limit):
+    ids, embeds, mask = prefix + "input_ids", prefix + "inputs_embeds", prefix + "attention_mask"
+    if ids_shape is None and embeds_shape is None:
+        raise ValueError(f"You have to specify either {ids} or {embeds}")
+    if ids_shape is not None and embeds_shape is not None:
+        raise ValueError(f"You cannot specify both {ids} and {embeds} at the same time")
+    if ids_shape is not None:
+        if len(ids_shape) != 2:
+            hint = f"; add a batch dimension, e.g. {ids}[None]" if len(ids_shape) == 1 else ""
+            raise ValueError(f"{ids} must be 2-D (batch_size, sequence_length), got shape {_fmt_shape(ids_shape)}"
+                             f"{hint}")
+        batch, seq, name = ids_shape[0], ids_shape[1], ids
+    else:
+        if len(embeds_shape) != 3:
+            hint = f"; add a batch dimension, e.g. {embeds}[None]" if len(embeds_shape) == 2 else ""
+            raise ValueError(f"{embeds} must be 3-D (batch_size, sequence_length, hidden_size), got shape "
+                             f"{_fmt_shape(embeds_shape)}{hint}")
+        batch, seq, name = embeds_shape[0], embeds_shape[1], embeds
+    if batch == 0 or seq == 0:
+        raise ValueError(f"{name} is empty (shape {_fmt_shape(ids_shape or embeds_shape)}): a batch needs at least "
+                         "one sequence of at least one token")
+    if mask_shape is not None:
+        expected = (batch, past_length + seq)
+        if len(mask_shape) != 2 or (_known(*mask_shape, batch, seq) and tuple(mask_shape) != expected):
+            covers = f" ({past_length} past/prefix + {seq} input positions)" if past_length else ""
+            raise ValueError(f"{mask} has shape {_fmt_shape(mask_shape)} but {name} has shape "
+                             f"{_fmt_shape(ids_shape or embeds_shape)}: expected {_fmt_shape(expected)}{covers}")
+    if position_shape is not None and (len(position_shape) != 2 or (
+            _known(*position_shape, batch, seq) and (position_shape[1] != seq or position_shape[0] not in (1, batch)))):
+        raise ValueError(f"position_ids has shape {_fmt_shape(position_shape)}; expected ({batch}, {seq}) or "
+                         f"(1, {seq}) to match {name}")
+    if type_shape is not None and (len(type_shape) != 2 or (
+            _known(*type_shape, batch, seq) and (type_shape[1] != seq or type_shape[0] not in (1, batch)))):
+        raise ValueError(f"token_type_ids has shape {_fmt_shape(type_shape)}; expected ({batch}, {seq}) to match "
+                         f"{name}")
+    if length_limit and max_positions is not None and position_shape is None and _known(seq):
+        needed = past_length + seq + position_offset
+        if needed > max_positions:
+            past = f" + {past_length} past/prefix" if past_length else ""
+            raise ValueError(f"{name} has {seq} tokens{past} but the model has {max_positions} position embeddings "
+                             f"({limit_name}={max_positions}); the longest input it takes is "
+                             f"{max_positions - position_offset - past_length} tokens: truncate the input")
+
+
+@constexpr(check=False)
+def _check_mask_shape(mask_shape, expected, name, what):
+    if len(mask_shape) != 2 or (_known(*mask_shape, *expected) and tuple(mask_shape) != tuple(expected)):
+        raise ValueError(f"{name} has shape {_fmt_shape(mask_shape)} but {what} has {expected[0]} sequences of "
+                         f"{expected[1]} positions: expected {_fmt_shape(expected)}")
+
+
+def check_attention_mask(mask, batch, length, name, what):
+    """Shape check (both modes): ``mask`` is ``None`` or ``(batch, length)``, the shape of ``what``."""
+    if mask is not None:
+        _check_mask_shape(_shape(mask), (batch, length), name, what)
+
+
+def _shape(x):
+    return None if x is None else tuple(x.shape)
+
+
+def _out_of_range_values(x, low, high):
+    """Sorted distinct values of ``x`` (a Tensor or array) outside ``[low, high)``."""
+    a = x.asnumpy() if isinstance(x, Tensor) else np.asarray(x)
+    bad = a[(a < low) | (a >= high)]
+    return sorted({int(v) for v in np.unique(bad)})
+
+
+def _describe(values, limit=10):
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown + (f", ... ({len(values)} distinct values)" if len(values) > limit else "")
+
+
+def check_ids_in_range(x, name, high, what):
+    """PyNative only: raise a ValueError naming the values of ``x`` outside ``[0, high)``."""
+    if x is None or in_jit():
+        return
+    bad = _out_of_range_values(x, 0, high)
+    if bad:
+        raise ValueError(f"{name} must be in [0, {high}) ({what}), got {_describe(bad)}")
+
+
+def check_model_inputs(input_ids=None, inputs_embeds=None, attention_mask=None, past_length=0, vocab_size=None,
+                       position_ids=None, max_positions=None, position_offset=0, limit_name="max_position_embeddings",
+                       token_type_ids=None, type_vocab_size=None, prefix="", length_limit=True):
+    """Checks at a model's forward entry, before any lookup: shapes (both modes) and values (PyNative only).
+
+    Shapes: ``input_ids`` 2-D (``inputs_embeds`` 3-D), non-empty; ``attention_mask`` ``(batch, past_length + seq)``;
+    ``position_ids``/``token_type_ids`` ``(batch or 1, seq)``; with ``max_positions``, ``length_limit`` and no
+    ``position_ids``, ``past_length + seq + position_offset <= max_positions``. Values: ids in ``[0, vocab_size)``,
+    position ids in ``[0, max_positions)``, token types in ``[0, type_vocab_size)``. ``prefix`` (``"decoder_"``)
+    names the inputs. Cheap: shapes are Python tuples, the value checks read the (integer) inputs once.
+    """
+    _check_input_shapes(_shape(input_ids), _shape(inputs_embeds), _shape(attention_mask), _shape(position_ids),
+                        _shape(token_type_ids), past_length, max_positions, position_offset, limit_name, prefix,
+                        length_limit)
+    if in_jit():
+        return
+    if vocab_size is not None:
+        check_ids_in_range(input_ids, prefix + "input_ids", vocab_size, f"vocab_size={vocab_size}")
+    if max_positions is not None:
+        check_ids_in_range(position_ids, "position_ids", max_positions,
+                           f"the model has {limit_name}={max_positions} position embeddings: shorten the input or "
+                           "generate fewer tokens")
+    if type_vocab_size is not None:
+        check_ids_in_range(token_type_ids, "token_type_ids", type_vocab_size, f"type_vocab_size={type_vocab_size}")
 
 
 def attention_bias(attention_mask, q_len, kv_len, causal):
@@ -69,6 +218,9 @@ def cross_entropy(logits, labels, ignore_index=-100):
     Built on ``log_softmax`` and a gather: on CPU this is about 10x faster than ``ops.cross_entropy``, forward and
     backward.
     """
+    _check_label_count(_shape(logits), _shape(labels))
+    if not in_jit():
+        _check_label_values(labels, logits.shape[-1], ignore_index)
     labels = labels.astype(ms.int32)
     valid = labels != ignore_index
     safe_labels = ops.select(valid, labels, ops.zeros_like(labels))
@@ -78,12 +230,50 @@ def cross_entropy(logits, labels, ignore_index=-100):
     return -(picked * weights).sum() / weights.sum()
 
 
+@constexpr(check=False)
+def _check_label_count(logits_shape, labels_shape):
+    if len(logits_shape) != 2:
+        raise ValueError(f"cross_entropy expects (rows, classes) logits, got shape {_fmt_shape(logits_shape)}")
+    rows = 1
+    for d in labels_shape:
+        rows *= d
+    if _known(logits_shape[0], rows) and rows != logits_shape[0]:
+        raise ValueError(f"labels of shape {_fmt_shape(labels_shape)} hold {rows} labels but there are "
+                         f"{logits_shape[0]} rows of logits to score")
+
+
+def _check_label_values(labels, num_classes, ignore_index):
+    a = labels.asnumpy() if isinstance(labels, Tensor) else np.asarray(labels)
+    bad = sorted({int(v) for v in np.unique(a[((a < 0) | (a >= num_classes)) & (a != ignore_index)])})
+    if bad:
+        raise ValueError(f"labels must be in [0, {num_classes}) or {ignore_index} (ignored), got {_describe(bad)}")
+
+
+@constexpr(check=False)
+def _check_token_labels(logits_shape, labels_shape, what):
+    tokens = tuple(logits_shape[:-1])
+    if len(labels_shape) != len(tokens) or (_known(*labels_shape, *tokens) and tuple(labels_shape) != tokens):
+        raise ValueError(f"labels have shape {_fmt_shape(labels_shape)} but the {what} have shape "
+                         f"{_fmt_shape(tokens)}: token-level labels need one label per token (-100 to ignore one)")
+
+
+@constexpr(check=False)
+def _check_sequence_labels(logits_shape, labels_shape):
+    count = 1
+    for d in labels_shape:
+        count *= d
+    if len(labels_shape) > 2 or (_known(count, logits_shape[0]) and count != logits_shape[0]):
+        raise ValueError(f"labels have shape {_fmt_shape(labels_shape)} but the batch has {logits_shape[0]} "
+                         "sequences: sequence classification needs one label per sequence")
+
+
 def causal_lm_loss(logits, labels):
     """Next-token cross entropy; labels equal to -100 are ignored.
 
     The labels are shifted left (the last position gets -100) rather than the logits sliced, which would copy the
     (batch, seq, vocab) logits forward and backward.
     """
+    _check_token_labels(_shape(logits), _shape(labels), "input tokens")
     batch, vocab = labels.shape[0], logits.shape[-1]
     ignored = ops.full((batch, 1), -100, dtype=labels.dtype)
     shift_labels = ops.concat((labels[:, 1:], ignored), 1)
@@ -92,11 +282,13 @@ def causal_lm_loss(logits, labels):
 
 def token_loss(logits, labels):
     """Per-token cross entropy (seq2seq and token classification); labels equal to -100 are ignored."""
+    _check_token_labels(_shape(logits), _shape(labels), "tokens scored")
     return cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))
 
 
 def sequence_classification_loss(logits, labels, num_labels):
     """MSE for one label (regression), cross entropy otherwise."""
+    _check_sequence_labels(_shape(logits), _shape(labels))
     if num_labels == 1:
         return ops.mse_loss(logits.view(-1).astype(ms.float32), labels.view(-1).astype(ms.float32))
     return cross_entropy(logits.view(-1, num_labels), labels.view(-1))
@@ -108,3 +300,198 @@ def with_optional(out, **entries):
         if value is not None:
             out[key] = value
     return out
+
+
+# ----- HF-style output objects ---------------------------------------------------------------------------------------
+# Measured on MindSpore 2.10 (ast ``mindspore.jit``): inside a compiled graph only plain dict/tuple/list outputs keep
+# gradients. A dict subclass, dataclass, namedtuple or ``jit_class`` object built in a graph becomes a JIT Fallback
+# (PyExecute) node and the gradient is silently cut to zero; attribute access on a graph dict does not compile
+# ("'Dictionary' object has no attribute 'loss'"). So ``construct`` keeps returning a plain dict, and the dict is
+# turned into a :class:`ModelOutput` only where Python runs it: in ``Cell.__call__`` (PyNative, or the result of a
+# GRAPH_MODE Cell call), which graph mode never executes when it compiles a call to the Cell.
+
+
+def _created_by_jit_fallback():
+    """True when the caller runs inside a compiled graph through JIT Fallback (MindSpore's ``eval_script``)."""
+    try:
+        from mindspore.graph._parse import parser as _parser
+        code = _parser.eval_script.__code__
+    except (ImportError, AttributeError):
+        return False
+    frame = sys._getframe(2)
+    for _ in range(4):
+        if frame is None:
+            return False
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
+
+
+class ModelOutput(OrderedDict):
+    """HF ``transformers.ModelOutput`` semantics over a model's output dict.
+
+    ``out.loss``, ``out["loss"]`` and ``out[0]`` (integer index or slice over the entries that are not ``None``),
+    ``keys()/values()/items()``, ``to_tuple()``, ``in``, ``len`` and iteration over the keys. Subclasses list their
+    ``_fields`` in transformers' order; entries are stored in that order (extra keys after them), ``None`` entries
+    are left out, and a missing field reads as ``None`` through its attribute, like transformers' dataclasses.
+
+    Built by :func:`to_model_output` from the plain dict a ``construct`` returns; never build one inside
+    ``construct`` or a ``mindspore.jit`` function (graph mode would cut its gradients, so that raises).
+    """
+
+    _fields = ()
+
+    def __init__(self, *args, **kwargs):
+        if _created_by_jit_fallback():
+            raise TypeError(
+                f"{type(self).__name__} cannot be created inside mindspore.jit / graph mode: MindSpore compiles it "
+                "as a JIT Fallback object and silently cuts the gradients through it. Return a plain dict from "
+                "construct; mindpeft models turn it into a ModelOutput outside the graph (Cell.__call__). Inside "
+                "jitted code, read outputs by key: outputs[\"loss\"].")
+        super().__init__()
+        entries = dict(*args, **kwargs)
+        for key in self._fields:
+            if entries.get(key) is not None:
+                OrderedDict.__setitem__(self, key, entries[key])
+        for key, value in entries.items():
+            if value is not None and key not in self._fields:
+                OrderedDict.__setitem__(self, key, value)
+
+    def __getattr__(self, name):
+        # Only reached when normal attribute lookup fails.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError:
+            if name in type(self)._fields:
+                return None
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}; it holds "
+                                 f"{list(self.keys())}") from None
+
+    def __setattr__(self, name, value):
+        if name in type(self)._fields or name in self:
+            self[name] = value
+        else:
+            super().__setattr__(name, value)
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return OrderedDict.__getitem__(self, key)
+        return self.to_tuple()[key]
+
+    def __setitem__(self, key, value):
+        if value is None:
+            if key in self:
+                OrderedDict.__delitem__(self, key)
+            return
+        OrderedDict.__setitem__(self, key, value)
+
+    def _refuse(self, name):
+        raise Exception(f"You cannot use ``{name}`` on a {type(self).__name__} instance.")
+
+    def __delitem__(self, *args, **kwargs):
+        self._refuse("__delitem__")
+
+    def setdefault(self, *args, **kwargs):
+        self._refuse("setdefault")
+
+    def pop(self, *args, **kwargs):
+        self._refuse("pop")
+
+    def update(self, *args, **kwargs):
+        self._refuse("update")
+
+    def __reduce__(self):
+        return type(self), (dict(self),)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.items())})"
+
+    def to_tuple(self):
+        """The entries that are not ``None``, in order."""
+        return tuple(self.values())
+
+
+def _output_class(name, fields, doc):
+    return type(name, (ModelOutput,), {"_fields": tuple(fields), "__doc__": doc, "__module__": __name__})
+
+
+_DEC = ("decoder_hidden_states", "decoder_attentions", "cross_attentions", "encoder_last_hidden_state",
+        "encoder_hidden_states", "encoder_attentions")
+BaseModelOutput = _output_class("BaseModelOutput", ("last_hidden_state", "hidden_states", "attentions"),
+                                "Backbone output.")
+BaseModelOutputWithPast = _output_class(
+    "BaseModelOutputWithPast", ("last_hidden_state", "past_key_values", "hidden_states", "attentions"),
+    "Decoder backbone output with its key/value cache.")
+BaseModelOutputWithPastAndCrossAttentions = _output_class(
+    "BaseModelOutputWithPastAndCrossAttentions",
+    ("last_hidden_state", "past_key_values", "hidden_states", "attentions", "cross_attentions"),
+    "Decoder backbone output with its key/value cache (GPT-2, T5 stacks).")
+BaseModelOutputWithPoolingAndCrossAttentions = _output_class(
+    "BaseModelOutputWithPoolingAndCrossAttentions",
+    ("last_hidden_state", "pooler_output", "hidden_states", "past_key_values", "attentions", "cross_attentions"),
+    "Encoder backbone output with the pooled first token (BERT, RoBERTa).")
+CausalLMOutputWithPast = _output_class(
+    "CausalLMOutputWithPast", ("loss", "logits", "past_key_values", "hidden_states", "attentions"),
+    "Causal language model output.")
+CausalLMOutputWithCrossAttentions = _output_class(
+    "CausalLMOutputWithCrossAttentions",
+    ("loss", "logits", "past_key_values", "hidden_states", "attentions", "cross_attentions"),
+    "Causal language model output (GPT-2).")
+SequenceClassifierOutput = _output_class("SequenceClassifierOutput", ("loss", "logits", "hidden_states", "attentions"),
+                                         "Sequence classification output.")
+SequenceClassifierOutputWithPast = _output_class(
+    "SequenceClassifierOutputWithPast", ("loss", "logits", "past_key_values", "hidden_states", "attentions"),
+    "Sequence classification output of a decoder.")
+TokenClassifierOutput = _output_class("TokenClassifierOutput", ("loss", "logits", "hidden_states", "attentions"),
+                                      "Token classification output.")
+MaskedLMOutput = _output_class("MaskedLMOutput", ("loss", "logits", "hidden_states", "attentions"),
+                               "Masked language model output.")
+QuestionAnsweringModelOutput = _output_class(
+    "QuestionAnsweringModelOutput", ("loss", "start_logits", "end_logits", "hidden_states", "attentions"),
+    "Extractive question answering output.")
+Seq2SeqModelOutput = _output_class("Seq2SeqModelOutput", ("last_hidden_state", "past_key_values") + _DEC,
+                                   "Encoder-decoder backbone output.")
+Seq2SeqLMOutput = _output_class("Seq2SeqLMOutput", ("loss", "logits", "past_key_values") + _DEC,
+                                "Encoder-decoder language model output.")
+
+
+def infer_output_class(keys):
+    """The transformers output class whose fields order ``keys`` like transformers does."""
+    keys = set(keys)
+    if "start_logits" in keys:
+        return QuestionAnsweringModelOutput
+    if "encoder_last_hidden_state" in keys:
+        return Seq2SeqLMOutput if "logits" in keys else Seq2SeqModelOutput
+    if "logits" in keys:
+        return CausalLMOutputWithPast
+    if "pooler_output" in keys:
+        return BaseModelOutputWithPoolingAndCrossAttentions
+    if "last_hidden_state" in keys:
+        return BaseModelOutputWithPastAndCrossAttentions
+    return ModelOutput
+
+
+def to_model_output(out, output_class=None):
+    """``out`` as a :class:`ModelOutput` when it is a plain ``dict`` (``output_class`` or one inferred from its
+    keys); anything else (tuples, Tensors, ModelOutputs) unchanged. Call it outside compiled graphs only."""
+    if type(out) is not dict:
+        return out
+    return (output_class or infer_output_class(out))(out)
+
+
+class ModelOutputMixin:
+    """Put first in a Cell's bases: calling the Cell returns a :class:`ModelOutput` where ``construct`` returns a
+    plain dict (``class PreTrainedModel(ModelOutputMixin, nn.Cell)``).
+
+    Graph mode compiles a call to the Cell straight into ``construct`` and never runs ``__call__``, so compiled
+    code keeps the plain dict and its exact gradients; read it by key there (``outputs["loss"]``).
+    ``output_class`` (a class attribute) names the class; ``None`` infers it from the keys.
+    """
+
+    output_class = None
+
+    def __call__(self, *args, **kwargs):
+        return to_model_output(super().__call__(*args, **kwargs), self.output_class)

@@ -1,14 +1,17 @@
 """T5 / mT5 encoder-decoder as MindSpore Cells, with HF module names (``encoder.block.0.layer.0.SelfAttention.q``...)."""
+import functools
 import math
 
+import numpy as np
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import Tensor, nn, ops
+from mindspore.ops.primitive import constexpr
 
-from .configuration_utils import PretrainedConfig
+from .configuration_utils import ConfigError, PretrainedConfig
 from .generation import GenerationMixin
 from .layers import Activation, Dropout, Embedding, Linear, RMSNorm, linear
-from .model_outputs import (attention_bias, merge_heads, scaled_dot_product_attention, split_heads, token_loss,
-                            with_optional)
+from .model_outputs import (attention_bias, check_attention_mask, check_model_inputs, merge_heads,
+                            scaled_dot_product_attention, split_heads, token_loss, with_optional)
 from .modeling_utils import PreTrainedModel
 
 
@@ -20,9 +23,19 @@ class T5Config(PretrainedConfig):
                 "initializer_factor": 1.0, "feed_forward_proj": "relu", "is_encoder_decoder": True,
                 "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0, "tie_word_embeddings": True}
     attribute_map = {"hidden_size": "d_model", "num_attention_heads": "num_heads", "num_hidden_layers": "num_layers"}
+    required_keys = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads")
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        self.check_sizes(positive=("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads",
+                                   "relative_attention_num_buckets", "relative_attention_max_distance"),
+                         optional_positive=("num_decoder_layers",))
+        buckets, distance = self.relative_attention_num_buckets, self.relative_attention_max_distance
+        if buckets < 4:
+            raise ConfigError(self.model_type, [f"relative_attention_num_buckets={buckets} must be at least 4"])
+        if distance <= buckets // 2:
+            raise ConfigError(self.model_type, [f"relative_attention_max_distance={distance} must exceed "
+                                                f"relative_attention_num_buckets // 2 = {buckets // 2}"])
         if self.num_decoder_layers is None:
             self.num_decoder_layers = self.num_layers
         proj = self.feed_forward_proj.split("-")
@@ -43,21 +56,44 @@ class MT5Config(T5Config):
 
 
 def relative_position_bucket(relative_position, bidirectional, num_buckets, max_distance):
-    """T5's bucketing of (key - query) offsets: exact for small offsets, logarithmic up to ``max_distance``."""
-    buckets = ops.zeros_like(relative_position)
+    """T5's bucketing of (key - query) offsets (numpy int array in, int64 array out): exact for small offsets,
+    logarithmic up to ``max_distance``.
+
+    Computed with numpy's float32 log, the same float32 arithmetic as transformers'
+    ``T5Attention._relative_position_bucket``: MindSpore's CPU ``ops.log`` is a few ulp low (log(2) = 0.693147 on
+    8+ elements), which truncates one bucket low wherever the expression is a whole number (offsets 16, 32, 64
+    with 32 buckets / distance 128).
+    """
+    relative_position = np.asarray(relative_position, np.int64)
+    buckets = np.zeros_like(relative_position)
     if bidirectional:
-        num_buckets = num_buckets // 2
-        buckets = buckets + (relative_position > 0).astype(ms.int32) * num_buckets
-        relative_position = ops.abs(relative_position)
+        num_buckets //= 2
+        buckets = buckets + (relative_position > 0).astype(np.int64) * num_buckets
+        relative_position = np.abs(relative_position)
     else:
-        relative_position = -ops.minimum(relative_position, ops.zeros_like(relative_position))
+        relative_position = -np.minimum(relative_position, 0)
     max_exact = num_buckets // 2
     is_small = relative_position < max_exact
-    safe = ops.maximum(relative_position, ops.ones_like(relative_position)).astype(ms.float32)
-    large = max_exact + (ops.log(safe / max_exact) / math.log(max_distance / max_exact)
-                         * (num_buckets - max_exact)).astype(ms.int32)
-    large = ops.minimum(large, ops.full_like(large, num_buckets - 1))
-    return buckets + ops.select(is_small, relative_position, large)
+    safe = np.maximum(relative_position, 1).astype(np.float32)
+    large = max_exact + (np.log(safe / np.float32(max_exact)) / np.float32(math.log(max_distance / max_exact))
+                         * np.float32(num_buckets - max_exact)).astype(np.int64)
+    large = np.minimum(large, num_buckets - 1)
+    return buckets + np.where(is_small, relative_position, large)
+
+
+@functools.lru_cache(maxsize=32)  # one per (query, key) length; 1 MB for 512 x 512
+def _bucket_table(q_len, kv_len, bidirectional, num_buckets, max_distance):
+    """(q_len, kv_len) int32 Tensor of buckets, queries being the last ``q_len`` of ``kv_len`` positions."""
+    context = np.arange(kv_len - q_len, kv_len).reshape(q_len, 1)
+    memory = np.arange(kv_len).reshape(1, kv_len)
+    buckets = relative_position_bucket(memory - context, bidirectional, num_buckets, max_distance)
+    return Tensor(buckets.astype(np.int32))
+
+
+@constexpr(check=False)
+def bucket_table(q_len, kv_len, bidirectional, num_buckets, max_distance):
+    """The bucket table as a constant: built in numpy once per shape, in PyNative and under ``mindspore.jit``."""
+    return _bucket_table(q_len, kv_len, bidirectional, num_buckets, max_distance)
 
 
 class T5Attention(nn.Cell):
@@ -82,10 +118,7 @@ class T5Attention(nn.Cell):
 
     def compute_bias(self, q_len, kv_len):
         """(1, heads, q_len, kv_len) relative position bias; queries are the last ``q_len`` positions."""
-        context = ops.arange(kv_len - q_len, kv_len).view(q_len, 1)
-        memory = ops.arange(kv_len).view(1, kv_len)
-        buckets = relative_position_bucket((memory - context).astype(ms.int32), not self.is_decoder,
-                                           self.num_buckets, self.max_distance)
+        buckets = bucket_table(q_len, kv_len, not self.is_decoder, self.num_buckets, self.max_distance)
         values = self.relative_attention_bias(buckets)
         return values.transpose(2, 0, 1).view(1, self.num_heads, q_len, kv_len)
 
@@ -226,14 +259,19 @@ class T5Stack(nn.Cell):
         """``prefix_key_values`` (decoder, prefix tuning): per layer a (key, value, ...) tuple whose first two
         entries go before the self-attention keys. Cross-attention gets no prefix, as in HF peft, which empties
         the cross-attention cache of its prefixes."""
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
-        q_len = inputs_embeds.shape[1]
         past_len = 0
         if past_key_values is not None:
             past_len = past_key_values[0][0].shape[2]
         elif prefix_key_values is not None:
             past_len = prefix_key_values[0][0].shape[2]
+        check_model_inputs(input_ids, inputs_embeds, attention_mask, past_len, self.embed_tokens.num_embeddings,
+                           prefix="decoder_" if self.is_decoder else "")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        q_len = inputs_embeds.shape[1]
+        if self.is_decoder and encoder_hidden_states is not None:
+            check_attention_mask(encoder_attention_mask, encoder_hidden_states.shape[0],
+                                 encoder_hidden_states.shape[1], "attention_mask", "the encoder output")
         kv_len = q_len + past_len
         mask_bias = attention_bias(attention_mask, q_len, kv_len, causal=self.is_decoder)
         encoder_mask_bias = None
@@ -294,7 +332,10 @@ class T5ForConditionalGeneration(T5PreTrainedModel):
                   labels=None, use_cache=False, prefix_key_values=None):
         if encoder_outputs is None:
             encoder_outputs = self.encoder(input_ids, attention_mask, inputs_embeds)["last_hidden_state"]
-        if decoder_input_ids is None and decoder_inputs_embeds is None and labels is not None:
+        if decoder_input_ids is None and decoder_inputs_embeds is None:
+            if labels is None:
+                raise ValueError("T5 needs decoder_input_ids, decoder_inputs_embeds or labels (from which the decoder "
+                                 "inputs are made)")
             decoder_input_ids = shift_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
         dec = self.decoder(decoder_input_ids, decoder_attention_mask, decoder_inputs_embeds, encoder_outputs,
                            attention_mask, past_key_values, use_cache, prefix_key_values)
