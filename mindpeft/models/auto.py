@@ -1,7 +1,8 @@
-"""``AutoModelFor*``: pick the architecture from ``model_type`` in a local ``config.json``."""
-import json
+"""``AutoModelFor*``: pick the architecture from ``model_type`` in a model folder's ``config.json``."""
 import os
 
+from ..utils.hub import resolve_folder
+from ..utils.io import read_json_object
 from . import bert, gpt2, llama, t5
 from .configuration_utils import CONFIG_NAME, ConfigError
 
@@ -30,20 +31,26 @@ class _AutoModel:
 
     @classmethod
     def from_pretrained(cls, path, **kwargs):
-        file = os.path.join(path, CONFIG_NAME)
-        if not os.path.isfile(file):
-            raise FileNotFoundError(f"No {CONFIG_NAME} in {path!r} (mindpeft loads models from local folders)")
-        with open(file, encoding="utf-8") as f:
-            model_type = json.load(f).get("model_type")
+        """The model class of ``model_type`` in ``path``'s ``config.json`` (a folder or a cached hub id)."""
+        path = resolve_folder(path, kwargs.pop("revision", None), kwargs.pop("subfolder", None))
+        model_type = _read_config(path).get("model_type")
         return cls._model_class(model_type).from_pretrained(path, **kwargs)
+
+
+def _read_config(folder):
+    file = os.path.join(folder, CONFIG_NAME)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"No {CONFIG_NAME} in {folder!r}")
+    return read_json_object(file)
 
 
 class AutoConfig:
     @staticmethod
     def from_pretrained(path, **kwargs):
+        """The config class of ``model_type`` in ``path``'s ``config.json`` (a folder or a cached hub id)."""
+        path = resolve_folder(path, kwargs.pop("revision", None), kwargs.pop("subfolder", None))
+        data = _read_config(path)
         file = os.path.join(path, CONFIG_NAME)
-        with open(file, encoding="utf-8") as f:
-            data = json.load(f)
         model_type = data.get("model_type")
         if model_type not in CONFIG_MAPPING:
             raise ValueError(f"{file}: unsupported model_type {model_type!r}; supported: {sorted(CONFIG_MAPPING)}")

@@ -4,6 +4,7 @@ import json
 import numbers
 import os
 
+from ..utils.hub import resolve_folder
 from ..utils.io import atomic_directory, json_dumps, read_json_object, write_text
 
 CONFIG_NAME = "config.json"
@@ -126,11 +127,16 @@ class PretrainedConfig:
 
     @classmethod
     def from_pretrained(cls, path, **kwargs):
-        """Read ``config.json`` from the local folder ``path``."""
-        file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
-        if not os.path.isfile(file):
-            raise FileNotFoundError(f"No {CONFIG_NAME} found at {path!r} (mindpeft loads models from local folders)")
-        return cls.from_dict(read_json_object(file), **kwargs)
+        """Read ``config.json`` from ``path``: a local folder or file, or a hub id in the local HF cache."""
+        if not os.path.isfile(path):
+            path = os.path.join(resolve_folder(path, kwargs.pop("revision", None), kwargs.pop("subfolder", None)),
+                                CONFIG_NAME)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"No {CONFIG_NAME} at {path!r}")
+        try:
+            return cls.from_dict(read_json_object(path), **kwargs)
+        except ConfigError as err:
+            raise err.with_source(path) from None
 
     def to_dict(self):
         out = {k: copy.deepcopy(v) for k, v in self.__dict__.items() if not k.startswith("_")}

@@ -10,6 +10,7 @@ from mindspore import Tensor, nn
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from ..utils.hub import resolve_folder
 from ..utils.io import atomic_directory, write_text
 from .configuration_utils import CONFIG_NAME, ConfigError, PretrainedConfig
 from .model_outputs import ModelOutputMixin
@@ -115,14 +116,14 @@ class PreTrainedModel(ModelOutputMixin, nn.Cell):
 
     @classmethod
     def from_pretrained(cls, path, config=None, strict=None, **config_kwargs):
-        """Build the model from ``config.json`` in the local folder ``path`` and load ``model.safetensors``.
+        """Build the model from ``config.json`` in ``path`` (a local folder, or a hub id found in the local Hugging
+        Face cache) and load ``model.safetensors``.
 
         The config is validated before anything is allocated. ``strict`` is passed to :meth:`load_state_dict`:
         by default weights missing from the checkpoint raise, except task heads, which are newly initialised with a
         warning (as in transformers).
         """
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"Model folder {path!r} does not exist (mindpeft loads models from local folders)")
+        path = resolve_folder(path, config_kwargs.pop("revision", None), config_kwargs.pop("subfolder", None))
         weights = os.path.join(path, WEIGHTS_NAME)
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"No {WEIGHTS_NAME} in {path!r}")
