@@ -8,6 +8,8 @@
 - tutorials/data/tiny-gpt2-reviews/: the "pretrained" checkpoint of the GPT-2 tutorials, a randomly initialised
   2-layer GPT2ForSequenceClassification with a word-level tokenizer trained on the reviews, loaded like a
   downloaded checkpoint.
+- tutorials/data/tiny-gpt2-lm/: the causal LM of the README's quick start, a 2-layer GPT2LMHeadModel pretrained here
+  for a few hundred steps on the reviews (so that it generates review-like text), with its tokenizer.
 """
 import csv
 import os
@@ -84,9 +86,38 @@ def write_tiny_gpt2(path, sentences):
     tokenizer.save_pretrained(path)
 
 
+def write_tiny_gpt2_lm(path, sentences, steps=300):
+    import numpy as np
+    import mindspore as ms
+    from mindspore.experimental import optim
+    from mindpeft import set_seed
+    from mindpeft.models import GPT2Config, GPT2LMHeadModel, Tokenizer, train_word_level_tokenizer
+    from mindpeft.training import TrainStep
+
+    set_seed(0)
+    words = train_word_level_tokenizer(sentences, eos_token=None)
+    tokenizer = Tokenizer(words._tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    eos = tokenizer.eos_token_id
+    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=64, n_embd=64, n_layer=2, n_head=4,
+                        bos_token_id=eos, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+    model = GPT2LMHeadModel(config)
+    step = TrainStep(model, optim.AdamW(model.trainable_params(), lr=3e-3))
+    model.set_train(True)
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        texts = [sentences[i] + " </s>" for i in rng.choice(len(sentences), 16)]
+        ids = tokenizer(texts)["input_ids"]
+        labels = np.where(ids == tokenizer.pad_token_id, -100, ids)
+        step(input_ids=ms.Tensor(ids), labels=ms.Tensor(labels))
+    model.set_train(False)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
 if __name__ == "__main__":
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tutorials", "data")
     write(os.path.join(root, "financial_sentiment.csv"), financial_rows(random.Random(0)))
     reviews = review_rows(random.Random(1))
     write(os.path.join(root, "movie_reviews.csv"), reviews)
     write_tiny_gpt2(os.path.join(root, "tiny-gpt2-reviews"), [r["sentence"] for r in reviews])
+    write_tiny_gpt2_lm(os.path.join(root, "tiny-gpt2-lm"), [r["sentence"] for r in reviews])

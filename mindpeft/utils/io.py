@@ -60,6 +60,23 @@ def _fsync_path(path):
         os.close(fd)
 
 
+def _default_file_mode():
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _give_default_permissions(root):
+    """Files written into ``root`` get the mode a plain ``open()`` would give (temporary-file writers, safetensors
+    included, create them owner-only)."""
+    mode = _default_file_mode()
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, mode)
+
+
 def _fsync_tree(root):
     for folder, _, files in os.walk(root):
         for name in files:
@@ -141,6 +158,7 @@ def atomic_directory(path):
     os.mkdir(staging)
     try:
         yield staging
+        _give_default_permissions(staging)
         if os.path.isdir(path):
             _link_missing(path, staging)
         _fsync_tree(staging)
@@ -192,6 +210,7 @@ def atomic_write_bytes(path, data):
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
