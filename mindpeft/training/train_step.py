@@ -3,6 +3,8 @@
 Graph mode bakes adapter state (active adapter, enabled, merged) and train/eval mode into the compiled graph,
 so these wrappers recompile whenever ``model.state_version`` or ``model.training`` changes.
 """
+import itertools
+
 import mindspore as ms
 from mindspore import ops
 
@@ -16,6 +18,9 @@ def model_loss(model):
         return model(**batch)["loss"]
 
     return loss_fn
+
+
+_BUILD_IDS = itertools.count(1)
 
 
 class _StateAwareJit:
@@ -34,6 +39,11 @@ class _StateAwareJit:
         key = (getattr(self.model, "state_version", None), self.model.training)
         if self._fn is None or key != self._key:
             fn = self._build()
+            if self.jit:
+                # MindSpore warns '"step" has been compiled again' when a new jit object wraps a function with the
+                # same name, file and line as an earlier one. Each build here is for another model, adapter state
+                # or train mode, so its compile is expected: a name of its own per build keeps the log quiet.
+                fn.__name__ = fn.__qualname__ = f"{fn.__name__}_{next(_BUILD_IDS)}"
             self._fn = ms.jit(fn) if self.jit else fn
             self._key = key
         try:
@@ -44,6 +54,11 @@ class _StateAwareJit:
                 raise AttributeError("Inside mindspore.jit a model's outputs are a plain dict: read them by key "
                                      "(outputs[\"loss\"]), not as outputs.loss or outputs[0]. MindSpore said: "
                                      f"{message.splitlines()[0]}") from err
+            if self.jit and "The parameters number of the function is" in message:
+                raise RuntimeError("This optimizer was called outside mindspore.jit before; MindSpore 2.10's "
+                                   "mindspore.experimental.optim optimizers cannot be compiled into a graph after "
+                                   "that. Create the optimizer anew for the compiled step. MindSpore said: "
+                                   f"{message.splitlines()[0]}") from err
             raise
 
 
