@@ -1,4 +1,5 @@
-"""scripts/train.py trains every method, writes adapter + metrics, and resumes; scripts/bench.py runs tiny."""
+"""scripts/train.py trains every method, writes adapter + metrics, and resumes; scripts/bench.py runs tiny.
+(Checkpoints, kills and data checks: test_train_checkpoints.py.)"""
 import json
 import os
 import subprocess
@@ -36,20 +37,23 @@ def test_train_resumes_after_the_last_finished_epoch(tiny_classifier, tmp_path, 
     first = train.main(_args(tiny_classifier, tmp_path, "lora", 1))
     assert [m["epoch"] for m in first] == [0]
     history = train.main(_args(tiny_classifier, tmp_path, "lora", 3))
-    assert "resuming after epoch 0 (step 5)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"resuming from {tmp_path / 'checkpoint-5'}: after epoch 0 (step 5)" in out
+    assert "--epochs changed from 1 to 3" in out
     assert [m["epoch"] for m in history] == [0, 1, 2] and history[0] == first[0]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     metrics = json.load(open(tmp_path / "metrics.json"))
     assert metrics["task"] == "SEQ_CLS" and metrics["history"] == history
     assert 0.0 <= history[-1]["eval_accuracy"] <= 1.0
-    state = json.load(open(tmp_path / "checkpoint" / "trainer_state.json"))
-    assert state["global_step"] == 15
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith("checkpoint")) == ["checkpoint-10", "checkpoint-15"]
+    state = json.load(open(tmp_path / "checkpoint-15" / "trainer_state.json"))
+    assert state["global_step"] == 15 and state["epochs_completed"] == 3 and state["history"] == history
     train.main(_args(tiny_classifier, tmp_path, "lora", 3))
     assert "nothing to train" in capsys.readouterr().out
     model = PeftModel.from_pretrained(GPT2ForSequenceClassification.from_pretrained(tiny_classifier),
                                       str(tmp_path / "adapter"))
     assert model.peft_config["default"].peft_type.value == "LORA"
-    with pytest.raises(SystemExit, match="holds a lora run"):
+    with pytest.raises(SystemExit, match="--method: 'lora' in the checkpoint, 'ia3' now"):
         train.main(_args(tiny_classifier, tmp_path, "ia3", 4))
 
 

@@ -1,6 +1,9 @@
-"""``mindspore.dataset`` pipelines fed by mindnlp-style tokenizing map functions."""
+"""``mindspore.dataset`` pipelines fed by mindnlp-style tokenizing map functions, and CSV reading with checks that
+name the file, line and value of a problem."""
 import csv
+import io
 import random
+import re
 
 import numpy as np
 import mindspore.dataset as ds
@@ -67,10 +70,111 @@ class CausalLMTokenize(BaseMapFunction):
         return enc["input_ids"], enc["attention_mask"], labels
 
 
+class CsvTable:
+    """A CSV file read by :func:`load_csv`: ``columns`` (header order), ``rows`` (dicts) and ``lines`` (the file
+    line on which each row starts, for error messages)."""
+
+    def __init__(self, path, columns, rows, lines):
+        self.path = path
+        self.columns = list(columns)
+        self.rows = rows
+        self.lines = lines
+
+    def __len__(self):
+        return len(self.rows)
+
+    def head(self, n):
+        """The first ``n`` rows (all for ``n`` of 0 or ``None``) as a new table."""
+        if not n:
+            return self
+        return CsvTable(self.path, self.columns, self.rows[:n], self.lines[:n])
+
+    def describe_columns(self):
+        return ", ".join(repr(c) for c in self.columns)
+
+
+def load_csv(path):
+    """Read a UTF-8 CSV file with a header row into a :class:`CsvTable`.
+
+    A UTF-8 byte-order mark is dropped. Raises ``ValueError`` naming the file (and line) for a file that is missing,
+    empty, not UTF-8, has no header, an empty or repeated column name, or a row with more or fewer fields than the
+    header.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder, not a CSV file") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise ValueError(f"{path} is not UTF-8 text: line {line} holds the byte {raw[err.start:err.start + 1]!r} "
+                         f"(offset {err.start}); save the file as UTF-8") from None
+    if not text.strip():
+        raise ValueError(f"{path} is empty: expected a header row and data rows")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except csv.Error as err:
+        raise ValueError(f"{path} line 1: {err}") from None
+    columns = [c.strip() for c in header]
+    if any(not c for c in columns):
+        raise ValueError(f"{path}: the header row has an empty column name: {header}")
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise ValueError(f"{path}: the header row names the column(s) {repeated} more than once")
+    rows, lines = [], []
+    line = reader.line_num + 1
+    try:
+        for values in reader:
+            if values:  # the csv module yields [] for a blank line
+                if len(values) != len(columns):
+                    raise ValueError(f"{path} line {line}: {len(values)} fields, but the header has {len(columns)} "
+                                     f"columns ({', '.join(columns)})")
+                rows.append(dict(zip(columns, values)))
+                lines.append(line)
+            line = reader.line_num + 1
+    except csv.Error as err:
+        raise ValueError(f"{path} line {line}: {err}") from None
+    return CsvTable(path, columns, rows, lines)
+
+
 def read_csv(path):
-    """Rows of a CSV file with a header, as a list of dicts."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    """Rows of a UTF-8 CSV file with a header, as a list of dicts (see :func:`load_csv` for the checks)."""
+    return load_csv(path).rows
+
+
+def check_columns(table, columns):
+    """``columns``: ``{column name: the option or role that names it}``; raises ``ValueError`` listing the file's
+    columns when one is missing."""
+    for column, role in columns.items():
+        if column not in table.columns:
+            raise ValueError(f"{table.path} has no column {column!r} ({role}); its columns are "
+                             f"{table.describe_columns()}")
+
+
+def check_texts(table, column):
+    """Every row's ``column`` holds some non-blank text; raises ``ValueError`` naming the first row that does not."""
+    for row, line in zip(table.rows, table.lines):
+        if not row[column].strip():
+            raise ValueError(f"{table.path} line {line}: column {column!r} is empty")
+
+
+def check_labels(table, column, num_labels):
+    """Every row's ``column`` is an integer class index in ``[0, num_labels)``; raises ``ValueError`` naming the first
+    row and value that is not."""
+    for row, line in zip(table.rows, table.lines):
+        value = row[column].strip()
+        if not re.fullmatch(r"[+-]?[0-9]+", value):
+            raise ValueError(f"{table.path} line {line}: label {row[column]!r} in column {column!r} is not an "
+                             f"integer class index (0 to {num_labels - 1})")
+        label = int(value)
+        if not 0 <= label < num_labels:
+            raise ValueError(f"{table.path} line {line}: label {label} in column {column!r} is out of range: the "
+                             f"model has num_labels={num_labels}, so labels must be 0 to {num_labels - 1}")
 
 
 def train_test_split(records, test_size=0.1, seed=0):
