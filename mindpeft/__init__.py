@@ -15,8 +15,9 @@ from .peft_model import (PeftModel, PeftModelForCausalLM, PeftModelForFeatureExt
                          PeftModelForQuestionAnswering, PeftModelForSeq2SeqLM, PeftModelForSequenceClassification,
                          PeftModelForTokenClassification)
 from .tuners import (AdaLoraConfig, AdaLoraModel, AdaptionPromptConfig, AdaptionPromptModel, IA3Config, IA3Model,
-                     LoraConfig, LoraModel, PrefixEncoder, PrefixTuningConfig, PromptEmbedding, PromptEncoder,
-                     PromptEncoderConfig, PromptEncoderReparameterizationType, PromptTuningConfig, PromptTuningInit)
+                     LNTuningConfig, LNTuningModel, LoraConfig, LoraModel, PrefixEncoder, PrefixTuningConfig,
+                     PromptEmbedding, PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType,
+                     PromptTuningConfig, PromptTuningInit)
 from .training.schedules import get_linear_schedule_with_warmup
 from .utils import (PeftType, TaskType, get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict,
                     set_seed)

@@ -12,6 +12,7 @@ from .utils.constants import CONFIG_NAME
 from .utils.hub import resolve_folder
 from .utils.io import atomic_directory, json_dumps, read_json_object, write_text
 from .utils.peft_types import PeftType, TaskType
+from .utils.registry import get_config_class, peft_type_key
 
 # Keys HF peft writes that carry no behaviour here (bookkeeping or defaults of features mindpeft lacks).
 _IGNORED_KEYS = {"peft_version", "megatron_core", "qalora_group_size", "loftq_config", "auto_mapping"}
@@ -143,14 +144,9 @@ class PeftConfigMixin:
         Keys written by HF peft that mindpeft does not know are dropped when they hold their neutral default;
         a key that turns on a feature mindpeft lacks raises ``ValueError`` rather than being silently ignored.
         """
-        from .mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-
         peft_type = kwargs.get("peft_type")
-        key = peft_type.value if isinstance(peft_type, PeftType) else peft_type
-        if key not in PEFT_TYPE_TO_CONFIG_MAPPING:
-            raise ValueError(f"Unknown or unsupported peft_type {peft_type!r}; supported: "
-                             f"{sorted(PEFT_TYPE_TO_CONFIG_MAPPING)}")
-        config_cls = PEFT_TYPE_TO_CONFIG_MAPPING[key]
+        config_cls = get_config_class(peft_type)
+        key = peft_type_key(peft_type)
         known = {f.name for f in dataclasses.fields(config_cls)}
         unsupported = {k: v for k, v in kwargs.items()
                        if k not in known and k not in _IGNORED_KEYS and not _is_neutral(v)}

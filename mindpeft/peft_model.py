@@ -14,6 +14,7 @@ from .utils.hub import resolve_folder
 from .utils.io import atomic_directory, write_text
 from .utils.other import ModulesToSaveWrapper, wrap_modules_to_save
 from .utils.peft_types import PeftType, TaskType
+from .utils.registry import get_model_class
 from .utils.save_and_load import (get_peft_model_state_dict, load_peft_weights, save_peft_weights,
                                   set_peft_model_state_dict, unchanged_on_error)
 
@@ -34,11 +35,7 @@ class PeftModel(ModelOutputMixin, nn.Cell):
 
     def __init__(self, model, peft_config, adapter_name="default", _encoded_prompts=False):
         super().__init__()
-        from .mapping import PEFT_TYPE_TO_TUNER_MAPPING
-
-        key = peft_config.peft_type.value
-        if key not in PEFT_TYPE_TO_TUNER_MAPPING:
-            raise ValueError(f"peft_type {key!r} is not supported yet by mindpeft")
+        model_cls = get_model_class(peft_config.peft_type)
         if peft_config.base_model_name_or_path is None:
             peft_config.base_model_name_or_path = getattr(model, "name_or_path", None) or None
         self._prepare_config(peft_config)
@@ -53,7 +50,7 @@ class PeftModel(ModelOutputMixin, nn.Cell):
             self.prompt_encoder = nn.CellDict()
             self._add_prompt_adapter(adapter_name, peft_config, _encoded_prompts)
         else:
-            self.base_model = PEFT_TYPE_TO_TUNER_MAPPING[key](model, {adapter_name: peft_config}, adapter_name)
+            self.base_model = model_cls(model, {adapter_name: peft_config}, adapter_name)
         if peft_config.inference_mode:
             self.set_train(False)
 
@@ -205,8 +202,6 @@ class PeftModel(ModelOutputMixin, nn.Cell):
     # ----- prompt learning ---------------------------------------------------------------------------
     def _add_prompt_adapter(self, adapter_name, config, encoded=False):
         """Fill ``config`` from the model config, freeze the base model and build the prompt encoder."""
-        from .mapping import PEFT_TYPE_TO_TUNER_MAPPING
-
         if adapter_name in self._prompt_configs:
             raise ValueError(f"Adapter {adapter_name!r} already exists")
         _prepare_prompt_learning_config(config, getattr(self.base_model, "config", None))
@@ -215,7 +210,7 @@ class PeftModel(ModelOutputMixin, nn.Cell):
                 param.requires_grad = False
         if not hasattr(self, "word_embeddings"):
             self.word_embeddings = _find_word_embeddings(self.base_model)
-        encoder_cls = PEFT_TYPE_TO_TUNER_MAPPING[config.peft_type.value]
+        encoder_cls = get_model_class(config.peft_type)
         if config.peft_type == PeftType.PROMPT_TUNING:
             encoder = encoder_cls(config, self.word_embeddings, encoded)
         else:
@@ -323,15 +318,13 @@ class PeftModel(ModelOutputMixin, nn.Cell):
         The files must match the config exactly unless ``strict=False`` (see
         :func:`mindpeft.utils.save_and_load.set_peft_model_state_dict`); a refused load leaves ``model`` as it was.
         """
-        from .mapping import MODEL_TYPE_TO_PEFT_MODEL_MAPPING
-
         folder = resolve_folder(model_id, kwargs.pop("revision", None), kwargs.pop("subfolder", None))
         if config is None:
             config = PeftConfig.from_pretrained(folder, **kwargs)
         weights = load_peft_weights(folder)
         config.inference_mode = not is_trainable
         task = config.task_type.value if config.task_type is not None else None
-        model_cls = cls if cls is not PeftModel else MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(task, PeftModel)
+        model_cls = cls if cls is not PeftModel else TASK_TYPE_TO_PEFT_MODEL.get(task, PeftModel)
         with unchanged_on_error(model):
             if config.is_prompt_learning:
                 peft_model = model_cls(model, config, adapter_name, _encoded_prompts=True)

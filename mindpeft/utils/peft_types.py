@@ -1,6 +1,14 @@
 """The PEFT method and task enums, with HF peft's string values (they appear in ``adapter_config.json``)."""
 import enum
 
+_ADDED_TYPES = set()
+
+
+def add_peft_type(value):
+    """Let ``PeftType(value)`` accept ``value``: the type of a method registered from outside this list (see
+    :func:`mindpeft.utils.registry.register_peft_method`)."""
+    _ADDED_TYPES.add(value)
+
 
 class PeftType(str, enum.Enum):
     PROMPT_TUNING = "PROMPT_TUNING"
@@ -10,6 +18,16 @@ class PeftType(str, enum.Enum):
     ADALORA = "ADALORA"
     ADAPTION_PROMPT = "ADAPTION_PROMPT"
     IA3 = "IA3"
+    LN_TUNING = "LN_TUNING"
+
+    @classmethod
+    def _missing_(cls, value):
+        """A member for an added type (not listed above, so not iterated)."""
+        if not isinstance(value, str) or value not in _ADDED_TYPES:
+            return None
+        member = str.__new__(cls, value)
+        member._name_ = member._value_ = value
+        return member
 
 
 class TaskType(str, enum.Enum):
