@@ -35,7 +35,7 @@ import uuid
 
 import numpy as np
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore.experimental import optim
 from tqdm.auto import tqdm
 
 import mindpeft
@@ -43,11 +43,12 @@ from mindpeft import TaskType, get_peft_model
 from mindpeft.models import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
                              AutoModelForSequenceClassification, Tokenizer)
 from mindpeft.training import (CausalLMTokenize, ClassificationTokenize, ForwardStep, Seq2SeqTokenize, TrainStep,
-                               build_dataset, classification_accuracy, evaluate, linear_schedule_with_warmup,
+                               build_dataset, classification_accuracy, evaluate, get_linear_schedule_with_warmup,
                                train_test_split)
 from mindpeft.training.data import check_columns, check_labels, check_texts, load_csv
 from mindpeft.utils.hub import resolve_folder
-from mindpeft.utils.io import atomic_directory, read_json_object, remove_stale_temporaries, write_json
+from mindpeft.utils.seeding import reseed_dropout
+from mindpeft.utils.io import atomic_directory, pid_alive, read_json_object, remove_stale_temporaries_in, write_json
 
 METHODS = ("lora", "prefix", "ptuning", "prompt", "ia3", "adalora")
 PROMPT_METHODS = ("prefix", "ptuning", "prompt")
@@ -65,7 +66,6 @@ ADALORA_FILE = "adalora_state.npz"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 STATE_FORMAT = 1
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-STALE_RE = re.compile(r"^\.(?P<name>.+?)\.mindpeft-(?P<pid>\d+)-")  # temporaries of mindpeft.utils.io
 TRASH_PREFIX = ".trash-"
 LOCK_FILE = ".train.lock"
 INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, for SIGTERM too (see StopRequest)
@@ -238,33 +238,6 @@ def epoch_order(num_rows, seed, epoch):
     return np.random.default_rng([seed, epoch]).permutation(num_rows)
 
 
-class SeededDropout(nn.Cell):
-    """Stands in for ``ops.Dropout`` inside a ``mindspore.nn.Dropout``: the mask comes from a seeded
-    ``UniformReal``. MindSpore's CPU Dropout kernel draws from one generator shared by the threads it splits the
-    tensor over, so its masks change from run to run; UniformReal's do not."""
-
-    def __init__(self, keep_prob, seed, seed2):
-        super().__init__()
-        self.keep_prob = keep_prob
-        self.uniform = ops.UniformReal(seed=seed, seed2=seed2)
-
-    def construct(self, x):
-        mask = (self.uniform(x.shape) < self.keep_prob).astype(x.dtype)
-        return x * mask * (1.0 / self.keep_prob), mask
-
-
-def reseed_dropout(model, seed, global_step):
-    """Give every active ``mindspore.nn.Dropout`` in ``model`` a fresh deterministic generator seeded from
-    (seed, global_step). The generators live in the compiled kernels, where they cannot be saved, so a run reseeds
-    at every checkpoint position and a resumed run at the one it resumes from: both then draw the same masks.
-    Build a new TrainStep afterwards (the compiled one keeps the old generators)."""
-    cells = [cell for _, cell in model.cells_and_names() if isinstance(cell, nn.Dropout) and cell.p]
-    seeds = np.random.default_rng([seed, global_step, 7]).integers(1, 2 ** 31 - 1, size=(len(cells), 2))
-    for cell, (seed0, seed1) in zip(cells, seeds):
-        cell.dropout = SeededDropout(1.0 - float(cell.p), int(seed0), int(seed1))
-    return len(cells)
-
-
 # ----- fingerprints and states --------------------------------------------------------------------------------
 def file_info(path):
     digest = hashlib.sha256()
@@ -329,16 +302,6 @@ def restore_adalora(model, path, rank_pattern):
 
 
 # ----- the output folder ------------------------------------------------------------------------------------------
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_path(path):
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
@@ -359,18 +322,12 @@ def discard(path):
 
 def remove_stale(output_dir):
     """Delete what killed runs left behind: temporary checkpoint/adapter folders and files, half-deleted folders."""
+    remove_stale_temporaries_in(output_dir)
     for entry in os.listdir(output_dir):
-        path = os.path.join(output_dir, entry)
-        match = STALE_RE.match(entry)
-        if match:
-            if os.path.isdir(path):
-                remove_stale_temporaries(os.path.join(output_dir, match["name"]))
-            elif not _pid_alive(int(match["pid"])):
-                remove_path(path)
-        elif entry.startswith(TRASH_PREFIX):
+        if entry.startswith(TRASH_PREFIX):
             pid = entry[len(TRASH_PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
-                remove_path(path)
+            if pid.isdigit() and not pid_alive(int(pid)):
+                remove_path(os.path.join(output_dir, entry))
 
 
 def lock_output(output_dir):
@@ -469,7 +426,7 @@ def load_checkpoint_state(path, state, optimizer, method):
         if tuple(values[name].shape) != shape:
             raise CheckpointError(f"{OPTIMIZER_FILE} holds {name} with shape {tuple(values[name].shape)}, the "
                                   f"model has {shape}")
-    step = int(values["global_step"].asnumpy().reshape(-1)[0])
+    step = int(values["state_step"].asnumpy().reshape(-1)[0])
     if step != state["global_step"]:
         raise CheckpointError(f"the optimizer has taken {step} steps, but {STATE_FILE} says {state['global_step']}")
     if method == "adalora" and (ADALORA_FILE not in state["files"] or "adalora_rank_pattern" not in state):
@@ -668,8 +625,8 @@ def _train(args, argv, task, tokenize, train_records, eval_ds, drop_remainder, s
     adalora = args.method == "adalora"
     model = get_peft_model(load_base(task, args.model), peft_config(args.method, task, args, total_steps))
     model.print_trainable_parameters()
-    schedule = linear_schedule_with_warmup(args.lr, int(args.warmup_ratio * total_steps), total_steps)
-    optimizer = nn.Adam(model.trainable_params(), learning_rate=schedule)
+    optimizer = optim.AdamW(model.trainable_params(), lr=args.lr, weight_decay=0.0)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
 
     state = {"format": STATE_FORMAT, "global_step": 0, "epochs_completed": 0, "step_in_epoch": 0,
              "steps_per_epoch": steps_per_epoch, "history": [], "epoch_losses": []}
@@ -690,6 +647,8 @@ def _train(args, argv, task, tokenize, train_records, eval_ds, drop_remainder, s
         if not_loaded:
             raise RuntimeError(f"{path}: {OPTIMIZER_FILE} left {not_loaded} unloaded")
         set_rng_state(rng)
+        for _ in range(saved["global_step"]):  # the schedule's position: one step per optimizer step
+            scheduler.step()
         if adalora:
             restore_adalora(model, os.path.join(path, ADALORA_FILE), saved["adalora_rank_pattern"])
         state = {key: saved[key] for key in state}
@@ -714,7 +673,7 @@ def _train(args, argv, task, tokenize, train_records, eval_ds, drop_remainder, s
         return state["history"]
 
     with StopRequest() as stop:
-        state = _loop(args, model, optimizer, task, tokenize, train_records, eval_ds, drop_remainder,
+        state = _loop(args, model, optimizer, scheduler, task, tokenize, train_records, eval_ds, drop_remainder,
                       steps_per_epoch, total_steps, run_args, state, stop, resume_path)
         finished = state["global_step"] >= total_steps  # _loop returns early only when asked to stop
         if finished:
@@ -741,7 +700,7 @@ def new_steps(model, optimizer, seed, global_step, adalora, forward):
     return TrainStep(model, optimizer, return_grads=adalora), forward
 
 
-def _loop(args, model, optimizer, task, tokenize, train_records, eval_ds, drop_remainder, steps_per_epoch,
+def _loop(args, model, optimizer, scheduler, task, tokenize, train_records, eval_ds, drop_remainder, steps_per_epoch,
           total_steps, run_args, state, stop, last_checkpoint):
     adalora = args.method == "adalora"
     progress = not args.no_progress
@@ -759,6 +718,7 @@ def _loop(args, model, optimizer, task, tokenize, train_records, eval_ds, drop_r
                    desc=f"epoch {epoch}", disable=not progress, leave=False)
         for batch in bar:
             output = step(**batch)
+            scheduler.step()
             loss = float(output[0] if adalora else output)
             if adalora:
                 model.base_model.update_and_allocate(global_step, output[1])
@@ -788,7 +748,7 @@ def _loop(args, model, optimizer, task, tokenize, train_records, eval_ds, drop_r
                                      "order": "numpy.random.default_rng([seed, epoch]).permutation"},
                          "lr_schedule": {"step": global_step, "peak": args.lr, "total_steps": total_steps,
                                          "warmup_steps": int(args.warmup_ratio * total_steps),
-                                         "note": f"the step is the optimizer's global_step in {OPTIMIZER_FILE}"},
+                                         "note": f"the step is the optimizer's state_step in {OPTIMIZER_FILE}"},
                          "dropout_seeded_at_step": global_step}
                 last_checkpoint = save_checkpoint(args.output_dir, model, optimizer, state, adalora)
                 rotate_checkpoints(args.output_dir, args.save_total_limit, last_checkpoint)

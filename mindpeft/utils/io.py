@@ -10,6 +10,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -103,7 +104,8 @@ def _link_missing(old, new):
                 shutil.copy2(src, dst)
 
 
-def _pid_alive(pid):
+def pid_alive(pid):
+    """Whether a process with this id exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -113,27 +115,37 @@ def _pid_alive(pid):
     return True
 
 
-def remove_stale_temporaries(path):
-    """Remove the temporary siblings of ``path`` that a killed process left behind."""
-    parent, name = os.path.split(path)
-    prefix = f".{name}{_TEMP_MARK}"
+_TEMPORARY_NAME = re.compile(rf"^\.(?P<name>.+?){re.escape(_TEMP_MARK)}(?P<pid>\d+)-")
+
+
+def remove_stale_temporaries_in(folder, name=None):
+    """Remove the temporary files and folders (of ``name``, or of any entry) in ``folder`` that a killed process
+    left behind."""
     try:
-        entries = os.listdir(parent or ".")
+        entries = os.listdir(folder or ".")
     except OSError:
         return
     for entry in entries:
-        if not entry.startswith(prefix):
+        match = _TEMPORARY_NAME.match(entry)
+        if not match or (name is not None and match["name"] != name):
             continue
-        pid = entry[len(prefix):].split("-")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            stale = os.path.join(parent, entry)
-            if os.path.isdir(stale) and not os.path.islink(stale):
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                try:
-                    os.remove(stale)
-                except OSError:
-                    pass
+        pid = int(match["pid"])
+        if pid == os.getpid() or pid_alive(pid):
+            continue
+        stale = os.path.join(folder, entry)
+        if os.path.isdir(stale) and not os.path.islink(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            try:
+                os.remove(stale)
+            except OSError:
+                pass
+
+
+def remove_stale_temporaries(path):
+    """Remove the temporary siblings of ``path`` that a killed process left behind."""
+    parent, name = os.path.split(path)
+    remove_stale_temporaries_in(parent, name)
 
 
 def _temporary_sibling(path, kind):
