@@ -690,9 +690,7 @@ def _train(args, argv, task, tokenize, train_records, eval_ds, drop_remainder, s
 
 def new_steps(model, optimizer, seed, global_step, adalora, forward):
     """Reseed dropout for ``global_step`` and compile a fresh train step (and, for AdaLoRA, eval step). They are
-    rebuilt at the same positions in every run, so a resumed run's graphs match an uninterrupted run's. A compiled
-    graph keeps the parameter storage it was built with, and AdaLoRA's masking replaces it
-    (``Parameter.set_data``), so its eval step is rebuilt with the train step."""
+    rebuilt at the same positions in every run, so a resumed run's graphs match an uninterrupted run's."""
     reseed_dropout(model, seed, global_step)
     model.set_train(True)
     if forward is None or adalora:

@@ -91,7 +91,19 @@ def assign(param, value, key):
         raise ValueError(
             f"Shape mismatch for {key!r}: checkpoint has {tuple(value.shape)}, model expects {tuple(param.shape)}"
         )
-    param.set_data(Tensor(value.astype(numpy_dtype(param.dtype)), dtype=param.dtype))
+    write_parameter(param, value)
+
+
+def write_parameter(param, value):
+    """Set ``param`` to ``value`` (an array or Tensor). Same shape: copied into its storage in place, so graphs
+    compiled earlier see it (measured on MindSpore 2.10: ``Parameter.set_data`` swaps the storage, and a compiled
+    ``mindspore.jit`` function keeps reading the old one); another shape: new storage."""
+    value = value.asnumpy() if isinstance(value, Tensor) else np.asarray(value)
+    tensor = Tensor(np.ascontiguousarray(value, dtype=numpy_dtype(param.dtype)), dtype=param.dtype)
+    if tuple(tensor.shape) == tuple(param.shape):
+        param.copy_(tensor)
+    else:
+        param.set_data(tensor)
 
 
 class PreTrainedModel(ModelOutputMixin, nn.Cell):

@@ -3,6 +3,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn
 
 from ...models.layers import Conv1D, Dropout, Linear as LinearLayer, linear
+from ...models.modeling_utils import write_parameter
 from ..lora.layer import LoraLayer
 from ..tuners_utils import ParameterDict, layer_features
 
@@ -149,7 +150,7 @@ class RankAllocator:
         for name, param in model.parameters_and_names():
             if f"lora_E.{self.adapter_name}" in name:
                 drop = triplet_ipt[name] <= threshold
-                param.set_data(Tensor(np.where(drop, 0.0, param.asnumpy()).astype(np.float32)))
+                write_parameter(param, np.where(drop, 0.0, param.asnumpy()))
                 rank_pattern[name] = (~drop).reshape(-1).tolist()
         return rank_pattern
 
@@ -166,4 +167,4 @@ class RankAllocator:
             if f"lora_E.{self.adapter_name}" in name:
                 key = name if name in rank_pattern else name.replace(f".{self.adapter_name}", "")
                 keep = np.array(rank_pattern[key], dtype=bool).reshape(-1, 1)
-                param.set_data(Tensor(np.where(keep, param.asnumpy(), 0.0).astype(np.float32)))
+                write_parameter(param, np.where(keep, param.asnumpy(), 0.0))

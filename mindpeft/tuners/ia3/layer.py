@@ -3,6 +3,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn
 
 from ...models.layers import Conv1D, Linear as LinearLayer
+from ...models.modeling_utils import write_parameter
 from ..tuners_utils import BaseTunerLayer, ParameterDict, base_weight, layer_features
 
 
@@ -42,10 +43,10 @@ class Linear(nn.Cell, IA3Layer):
             merged = weight.asnumpy() * self._scaling(name)
             if safe_merge and not np.isfinite(merged).all():
                 raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
-            weight.set_data(Tensor(merged, dtype=weight.dtype))
+            write_parameter(weight, merged)
             if not self.is_feedforward and getattr(base, "bias", None) is not None:
                 bias = base.bias
-                bias.set_data(Tensor(bias.asnumpy() * self.ia3_l[name].asnumpy().reshape(bias.shape), dtype=bias.dtype))
+                write_parameter(bias, bias.asnumpy() * self.ia3_l[name].asnumpy().reshape(bias.shape))
             self.merged_adapters.append(name)
 
     def unmerge(self):
@@ -53,11 +54,11 @@ class Linear(nn.Cell, IA3Layer):
         weight = base_weight(base)
         while self.merged_adapters:
             name = self.merged_adapters.pop()
-            weight.set_data(Tensor(weight.asnumpy() / (self._scaling(name) + 1e-8), dtype=weight.dtype))
+            write_parameter(weight, weight.asnumpy() / (self._scaling(name) + 1e-8))
             if not self.is_feedforward and getattr(base, "bias", None) is not None:
                 bias = base.bias
                 scale = self.ia3_l[name].asnumpy().reshape(bias.shape) + 1e-8
-                bias.set_data(Tensor(bias.asnumpy() / scale, dtype=bias.dtype))
+                write_parameter(bias, bias.asnumpy() / scale)
 
     def construct(self, x):
         if self.disable_adapters or self.merged_adapters or not self._active_in_layer:

@@ -3,8 +3,9 @@ import copy
 import warnings
 
 import numpy as np
-from mindspore import Tensor, nn
+from mindspore import nn
 
+from ...models.modeling_utils import write_parameter
 from ..tuners_utils import BaseTunerLayer
 
 
@@ -32,8 +33,8 @@ class LNTuningLayer(nn.Cell, BaseTunerLayer):
         tuned = self.ln_tuning_layers[adapter_name].get_parameters()
         for base, param in zip(self.get_base_layer().get_parameters(), tuned):
             base_value, tuned_value = np.array(base.asnumpy()), np.array(param.asnumpy())
-            base.set_data(Tensor(tuned_value, dtype=base.dtype))
-            param.set_data(Tensor(base_value, dtype=param.dtype))
+            write_parameter(base, tuned_value)
+            write_parameter(param, base_value)
 
     def merge(self, safe_merge=False, adapter_names=None):
         """Put the adapter's weights into the base layer (``safe_merge`` has nothing to check: no arithmetic)."""

@@ -6,6 +6,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from ...models.layers import Conv1D, Dropout, Embedding as EmbeddingLayer, Linear as LinearLayer, linear
+from ...models.modeling_utils import write_parameter
 from ..tuners_utils import BaseTunerLayer, ParameterDict, base_weight, layer_features
 
 
@@ -52,7 +53,7 @@ class LoraLayer(BaseTunerLayer):
             merged = weight.asnumpy() + self.delta_weight(name)
             if safe_merge and not np.isfinite(merged).all():
                 raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
-            weight.set_data(Tensor(merged, dtype=weight.dtype))
+            write_parameter(weight, merged)
             self.merged_adapters.append(name)
 
     def unmerge(self):
@@ -61,7 +62,7 @@ class LoraLayer(BaseTunerLayer):
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             restored = weight.asnumpy() - self.delta_weight(name)
-            weight.set_data(Tensor(restored, dtype=weight.dtype))
+            write_parameter(weight, restored)
 
 
 class Linear(nn.Cell, LoraLayer):
@@ -93,12 +94,12 @@ class Linear(nn.Cell, LoraLayer):
             return
         a = self.lora_A[adapter_name].weight
         if init_lora_weights == "gaussian":
-            a.set_data(Tensor(np.random.normal(0, 1.0 / self.r[adapter_name], a.shape).astype(np.float32)))
+            write_parameter(a, np.random.normal(0, 1.0 / self.r[adapter_name], a.shape))
         else:
             bound = 1.0 / math.sqrt(self.in_features)
-            a.set_data(Tensor(np.random.uniform(-bound, bound, a.shape).astype(np.float32)))
+            write_parameter(a, np.random.uniform(-bound, bound, a.shape))
         b = self.lora_B[adapter_name].weight
-        b.set_data(Tensor(np.zeros(b.shape, np.float32)))
+        write_parameter(b, np.zeros(b.shape, np.float32))
 
     def delta_weight(self, adapter_name):
         delta = self.lora_B[adapter_name].weight.asnumpy() @ self.lora_A[adapter_name].weight.asnumpy()
@@ -137,7 +138,7 @@ class Embedding(nn.Cell, LoraLayer):
         self._set_scaling(adapter_name, r, lora_alpha, use_rslora)
         if init_lora_weights is not False:
             a = self.lora_embedding_A[adapter_name]
-            a.set_data(Tensor(np.zeros(a.shape, np.float32)))
+            write_parameter(a, np.zeros(a.shape, np.float32))
         self.set_adapter(self.active_adapters or (adapter_name,))
 
     def delta_weight(self, adapter_name):

@@ -3,8 +3,8 @@ import dataclasses
 import math
 
 import numpy as np
-from mindspore import Tensor
 
+from ...models.modeling_utils import write_parameter
 from ...utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from ...utils.other import ModulesToSaveWrapper, replace_child
 from ..tuners_utils import BaseTuner, get_pattern_key
@@ -107,8 +107,8 @@ class LoraModel(BaseTuner):
             else:
                 new_a, new_b = self._factor_combination(layer, present, combination_type, a_param.shape,
                                                         b_param.shape)
-            a_param.set_data(Tensor(np.ascontiguousarray(new_a, np.float32)))
-            b_param.set_data(Tensor(np.ascontiguousarray(new_b, np.float32)))
+            write_parameter(a_param, np.ascontiguousarray(new_a, np.float32))
+            write_parameter(b_param, np.ascontiguousarray(new_b, np.float32))
         self._bump()
 
     @staticmethod

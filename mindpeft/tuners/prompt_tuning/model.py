@@ -3,9 +3,10 @@ import math
 import os
 
 import numpy as np
-from mindspore import Tensor, nn
+from mindspore import nn
 
 from ...models.layers import Embedding
+from ...models.modeling_utils import write_parameter
 from .config import PromptTuningInit
 
 
@@ -34,7 +35,7 @@ class PromptEmbedding(nn.Cell):
             ids = (ids * math.ceil(total / len(ids)))[:total]
             table = word_embeddings.weight.asnumpy() if hasattr(word_embeddings, "weight") \
                 else word_embeddings.embedding_table.asnumpy()
-            self.embedding.weight.set_data(Tensor(np.ascontiguousarray(table[ids], dtype=np.float32)))
+            write_parameter(self.embedding.weight, np.ascontiguousarray(table[ids], dtype=np.float32))
 
     def construct(self, indices):
         return self.embedding(indices)
