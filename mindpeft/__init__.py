@@ -1,9 +1,10 @@
 """mindpeft: Parameter-Efficient Fine-Tuning (HF peft's API and file format) for MindSpore."""
 __version__ = "0.1.0"
 
-from .utils.runtime import tune_cpu_runtime
+from .utils.runtime import tune_cpu_runtime, tune_dataset_runtime
 
 tune_cpu_runtime()
+tune_dataset_runtime()
 
 from .auto import (AutoPeftModel, AutoPeftModelForCausalLM, AutoPeftModelForFeatureExtraction,
                    AutoPeftModelForQuestionAnswering, AutoPeftModelForSeq2SeqLM,

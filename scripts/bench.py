@@ -57,11 +57,11 @@ def build_mindspore(shape, lora):
 
 
 def mindspore_step(model, batch, jit):
-    from mindspore import nn
+    from mindspore.experimental import optim
     from mindpeft.training import TrainStep
 
     model.set_train(True)
-    step = TrainStep(model, nn.Adam(model.trainable_params(), learning_rate=1e-4), jit=jit)
+    step = TrainStep(model, optim.AdamW(model.trainable_params(), lr=1e-4, weight_decay=0.0), jit=jit)
     return lambda: float(step(**batch))
 
 
@@ -77,7 +77,7 @@ def torch_step(shape, batch, lora):
         model = peft.get_peft_model(model, peft.LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16,
                                                            target_modules=["c_attn", "c_proj"]))
     model.train()
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
     ids = torch.tensor(batch["input_ids"].asnumpy(), dtype=torch.long)
 
     def step():

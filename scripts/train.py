@@ -27,7 +27,6 @@ import os
 import random
 import re
 import shlex
-import shutil
 import signal
 import sys
 import time
@@ -48,7 +47,8 @@ from mindpeft.training import (CausalLMTokenize, ClassificationTokenize, Forward
 from mindpeft.training.data import check_columns, check_labels, check_texts, load_csv
 from mindpeft.utils.hub import resolve_folder
 from mindpeft.utils.seeding import reseed_dropout
-from mindpeft.utils.io import atomic_directory, pid_alive, read_json_object, remove_stale_temporaries_in, write_json
+from mindpeft.utils.io import (atomic_directory, pid_alive, read_json_object, remove_path, remove_stale_temporaries_in,
+                               write_json)
 
 METHODS = ("lora", "prefix", "ptuning", "prompt", "ia3", "adalora")
 PROMPT_METHODS = ("prefix", "ptuning", "prompt")
@@ -302,16 +302,6 @@ def restore_adalora(model, path, rank_pattern):
 
 
 # ----- the output folder ------------------------------------------------------------------------------------------
-def remove_path(path):
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        try:
-            os.remove(path)
-        except FileNotFoundError:
-            pass
-
-
 def discard(path):
     """Remove a folder so that it never shows half deleted: renamed away first, then deleted."""
     parent, name = os.path.split(path)

@@ -8,7 +8,6 @@ import mindspore as ms
 import numpy as np
 import pytest
 import torch
-import transformers
 from mindspore import Tensor
 from safetensors.numpy import load_file, save_file
 

@@ -2,7 +2,6 @@
 from .data import (BaseMapFunction, CausalLMTokenize, ClassificationTokenize, Seq2SeqTokenize, build_dataset,
                    read_csv, train_test_split)
 from .loop import classification_accuracy, evaluate, generation_accuracy, train_epoch
-from .schedules import (LinearScheduleWithWarmup, get_constant_schedule, get_constant_schedule_with_warmup,
-                        get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup, get_scheduler,
-                        linear_schedule_with_warmup)
+from .schedules import (get_constant_schedule, get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
+                        get_linear_schedule_with_warmup, get_scheduler)
 from .train_step import ForwardStep, TrainStep, model_loss

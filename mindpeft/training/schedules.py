@@ -80,27 +80,3 @@ def get_scheduler(name, optimizer, num_warmup_steps=0, num_training_steps=None):
         raise ValueError(f"The {name!r} schedule needs num_training_steps")
     return SCHEDULES[name](optimizer, num_warmup_steps, num_training_steps)
 
-
-# TODO(lead): remove once scripts/train.py and the tutorials use get_linear_schedule_with_warmup.
-import mindspore as _ms  # noqa: E402
-from mindspore import ops as _ops  # noqa: E402
-from mindspore.nn.learning_rate_schedule import LearningRateSchedule  # noqa: E402
-
-
-class LinearScheduleWithWarmup(LearningRateSchedule):
-    def __init__(self, learning_rate, num_warmup_steps, num_training_steps):
-        super().__init__()
-        self.learning_rate = float(learning_rate)
-        self.num_warmup_steps = float(num_warmup_steps)
-        self.num_training_steps = float(num_training_steps)
-
-    def construct(self, global_step):
-        step = global_step.astype(_ms.float32)
-        warmup = step / max(1.0, self.num_warmup_steps)
-        decay = (self.num_training_steps - step) / max(1.0, self.num_training_steps - self.num_warmup_steps)
-        factor = _ops.select(step < self.num_warmup_steps, warmup, _ops.maximum(decay, _ops.zeros_like(decay)))
-        return self.learning_rate * factor
-
-
-def linear_schedule_with_warmup(learning_rate, num_warmup_steps, num_training_steps):
-    return LinearScheduleWithWarmup(learning_rate, num_warmup_steps, num_training_steps)

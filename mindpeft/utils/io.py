@@ -132,14 +132,18 @@ def remove_stale_temporaries_in(folder, name=None):
         pid = int(match["pid"])
         if pid == os.getpid() or pid_alive(pid):
             continue
-        stale = os.path.join(folder, entry)
-        if os.path.isdir(stale) and not os.path.islink(stale):
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            try:
-                os.remove(stale)
-            except OSError:
-                pass
+        remove_path(os.path.join(folder, entry))
+
+
+def remove_path(path):
+    """Remove a file, link or folder tree; nothing when it is already gone."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
 
 
 def remove_stale_temporaries(path):

@@ -58,6 +58,3 @@ def tune_dataset_runtime():
         # MindSpore refuses more workers than CPU cores
         ds.config.set_num_parallel_workers(min(workers, os.cpu_count() or 1))
 
-
-# Applied when mindpeft is imported (mindpeft/__init__.py imports this module before anything builds a dataset).
-tune_dataset_runtime()
