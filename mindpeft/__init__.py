@@ -16,7 +16,8 @@ from .peft_model import (PeftModel, PeftModelForCausalLM, PeftModelForFeatureExt
                          PeftModelForQuestionAnswering, PeftModelForSeq2SeqLM, PeftModelForSequenceClassification,
                          PeftModelForTokenClassification)
 from .tuners import (AdaLoraConfig, AdaLoraModel, AdaptionPromptConfig, AdaptionPromptModel, IA3Config, IA3Model,
-                     LNTuningConfig, LNTuningModel, LoraConfig, LoraModel, PrefixEncoder, PrefixTuningConfig,
+                     LNTuningConfig, LNTuningModel, LoHaConfig, LoHaModel, LoKrConfig, LoKrModel, LoraConfig,
+                     LoraModel, PrefixEncoder, PrefixTuningConfig,
                      PromptEmbedding, PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType,
                      PromptTuningConfig, PromptTuningInit)
 from .training.schedules import get_linear_schedule_with_warmup

@@ -27,6 +27,10 @@ TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING = {
     "falcon": ["query_key_value"],
 }
 
+# LoHa and LoKr use LoRA's defaults, as in HF peft.
+TRANSFORMERS_MODELS_TO_LOHA_TARGET_MODULES_MAPPING = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.copy()
+TRANSFORMERS_MODELS_TO_LOKR_TARGET_MODULES_MAPPING = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.copy()
+
 # Task heads that PeftModel subclasses always train and save (added to ``modules_to_save``), as in HF peft.
 TASK_HEAD_MODULE_NAMES = {"SEQ_CLS": ["classifier", "score"], "TOKEN_CLS": ["classifier", "score"],
                           "QUESTION_ANS": ["qa_outputs"]}

@@ -19,6 +19,8 @@ class PeftType(str, enum.Enum):
     ADAPTION_PROMPT = "ADAPTION_PROMPT"
     IA3 = "IA3"
     LN_TUNING = "LN_TUNING"
+    LOHA = "LOHA"
+    LOKR = "LOKR"
 
     @classmethod
     def _missing_(cls, value):

@@ -1,0 +1,226 @@
+"""Shared machinery of the LyCORIS-style adapters (LoHa, LoKr), after HF peft's ``lycoris_utils``.
+
+A LyCORIS layer builds a full-size weight update ``get_delta_weight`` from its factors and adds
+``x @ delta^T`` to the base layer's output; merging adds the same update into the base weight. Rank and alpha may
+differ per module (``rank_pattern``/``alpha_pattern``), ``rank_dropout`` drops rows of the update and
+``module_dropout`` skips the whole adapter for a step (both in training mode only).
+"""
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.seed import _get_graph_seed
+
+from ..config import (PeftConfig, check_bool, check_mapping, check_names, check_number, describe, is_integer,
+                      is_number)
+from ..models.layers import Conv1D, Linear as LinearLayer, _uniform_real, linear
+from ..models.modeling_utils import write_parameter
+from ..utils.other import replace_child
+from .tuners_utils import BaseTuner, BaseTunerLayer, ParameterDict, base_weight, get_pattern_key, layer_features
+
+
+@dataclass
+class LycorisConfig(PeftConfig):
+    """Fields shared by :class:`LoHaConfig` and :class:`LoKrConfig` (HF peft's names and defaults)."""
+
+    rank_pattern: Optional[dict] = field(default_factory=dict, metadata={"help": "Per-module rank overrides (regex)"})
+    alpha_pattern: Optional[dict] = field(default_factory=dict, metadata={"help": "Per-module alpha overrides"})
+    r: int = field(default=8, metadata={"help": "Rank of the factors"})
+    alpha: int = field(default=8, metadata={"help": "Alpha (scaling = alpha / r)"})
+    rank_dropout: float = field(default=0.0, metadata={"help": "Dropout probability of the update's rows"})
+    module_dropout: float = field(default=0.0, metadata={"help": "Probability of skipping the adapter in a step"})
+    use_effective_conv2d: bool = field(default=False, metadata={"help": "CP decomposition for Conv layers (no "
+                                                                         "effect: mindpeft adapts Linear layers)"})
+    target_modules: Optional[Union[list, str]] = field(
+        default=None, metadata={"help": "Module names (exact or suffix match), a regex (full match), or "
+                                        "'all-linear'. Defaults to the architecture's usual attention projections."})
+    exclude_modules: Optional[Union[list, str]] = field(default=None, metadata={"help": "Modules never targeted"})
+    init_weights: Union[bool, str] = field(default=True, metadata={"help": "True: the adapter starts as the "
+                                                                            "identity; False: random factors"})
+    layers_to_transform: Optional[Union[list, int]] = field(
+        default=None, metadata={"help": "Layer indexes to adapt (all by default)"})
+    layers_pattern: Optional[Union[list, str]] = field(
+        default=None, metadata={"help": "Name of the layer list, e.g. 'h' or 'layers', used with layers_to_transform"})
+    modules_to_save: Optional[list] = field(
+        default=None, metadata={"help": "Modules trained in full and saved with the adapter (e.g. a classifier)"})
+
+    init_weights_choices = (True, False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not is_integer(self.r) or self.r <= 0:
+            raise ValueError(f"`r` should be a positive integer value but the value passed is {self.r!r}")
+        check_number(self, "alpha")
+        for name in ("rank_dropout", "module_dropout"):
+            check_number(self, name)
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        check_bool(self, "use_effective_conv2d")
+        for name in ("target_modules", "exclude_modules"):
+            check_names(self, name)
+        check_names(self, "modules_to_save", keep_str=False, as_set=False)
+        check_names(self, "layers_pattern", as_set=False)
+        value = self.layers_to_transform
+        if not (value is None or (is_integer(value) and value >= 0)
+                or (isinstance(value, list) and all(is_integer(v) and v >= 0 for v in value))):
+            raise ValueError(f"layers_to_transform must be a non-negative integer or a list of them, got "
+                             f"{describe(value)}")
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified.")
+        init = self.init_weights
+        if not isinstance(init, (bool, str)) or init not in self.init_weights_choices:
+            raise ValueError(f"init_weights must be one of {self.init_weights_choices}, got {describe(init)}")
+        if self.rank_pattern is None:
+            self.rank_pattern = {}
+        if self.alpha_pattern is None:
+            self.alpha_pattern = {}
+        check_mapping(self, "rank_pattern", lambda rank: is_integer(rank) and rank > 0, "positive integers")
+        check_mapping(self, "alpha_pattern", is_number, "finite ints or floats")
+
+
+def kaiming_uniform(shape):
+    """torch's ``kaiming_uniform_(a=sqrt(5))`` for a 2-D tensor: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(shape[1])
+    return np.random.uniform(-bound, bound, shape).astype(np.float32)
+
+
+def new_parameter(values):
+    return Parameter(Tensor(np.ascontiguousarray(values, dtype=np.float32)))
+
+
+class _Coin(nn.Cell):
+    """A seeded uniform generator for the rank/module dropouts (see :class:`mindpeft.models.layers.Dropout`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.uniform = _uniform_real(*_get_graph_seed(0, "lycoris_dropout"))
+
+    def construct(self, shape):
+        return self.uniform(shape)
+
+
+class LycorisLayer(nn.Cell, BaseTunerLayer):
+    """A LyCORIS adapter around a ``Linear``/``mindspore.nn.Dense`` layer (weight (out, in)).
+
+    Subclasses set ``adapter_layer_names`` (their ``ParameterDict``s), ``method`` (for messages) and implement
+    ``create_adapter_parameters(adapter_name, r, config)`` and ``delta(adapter_name)``, the unscaled update as
+    MindSpore ops (used by ``construct`` and, evaluated, by ``merge``).
+    """
+
+    other_param_names = ("r", "alpha", "scaling", "rank_dropout", "rank_dropout_scale", "module_dropout")
+    method = "LyCORIS"
+
+    def __init__(self, base_layer, adapter_name, r, alpha, config):
+        super().__init__()
+        if isinstance(base_layer, nn.Dense) and base_layer.activation_flag:
+            raise ValueError(f"{self.method} cannot wrap a mindspore.nn.Dense that has an activation; split the "
+                             "activation into its own Cell")
+        self._init_tuner_layer(base_layer)
+        for name in self.adapter_layer_names:
+            setattr(self, name, ParameterDict())
+        for name in self.other_param_names:
+            setattr(self, name, {})
+        self.in_features, self.out_features = layer_features(base_layer)
+        self.update_layer(adapter_name, r, alpha, config)
+
+    def update_layer(self, adapter_name, r, alpha, config):
+        if not is_integer(r) or r <= 0:
+            raise ValueError(f"`r` should be a positive integer value but the value passed is {r}")
+        self.r[adapter_name] = r
+        self.alpha[adapter_name] = alpha
+        self.scaling[adapter_name] = alpha / r
+        self.rank_dropout[adapter_name] = config.rank_dropout
+        self.rank_dropout_scale[adapter_name] = self._rank_dropout_scale(config)
+        self.module_dropout[adapter_name] = config.module_dropout
+        if (config.rank_dropout or config.module_dropout) and not hasattr(self, "coin"):
+            self.coin = _Coin()  # only when needed: creating one advances MindSpore's graph seed
+        self.create_adapter_parameters(adapter_name, r, config)
+        self.set_adapter(self.active_adapters or (adapter_name,))
+
+    def _rank_dropout_scale(self, config):
+        """Whether rank dropout rescales the kept rows by the mean of the mask."""
+        return True
+
+    def create_adapter_parameters(self, adapter_name, r, config):
+        raise NotImplementedError
+
+    def delta(self, adapter_name):
+        """The adapter's update before scaling, shaped (out, in), as MindSpore ops."""
+        raise NotImplementedError
+
+    def _available(self, adapter_name):
+        return adapter_name in self.r
+
+    def set_scale(self, adapter_name, scale):
+        """Multiply the adapter's base scaling ``alpha / r`` by ``scale``."""
+        if self._available(adapter_name):
+            self.scaling[adapter_name] = scale * self.alpha[adapter_name] / self.r[adapter_name]
+
+    def get_delta_weight(self, adapter_name):
+        """The adapter's weight update (numpy), shaped like the base weight."""
+        return self.delta(adapter_name).asnumpy() * self.scaling[adapter_name]
+
+    def merge(self, safe_merge=False, adapter_names=None):
+        """Add the adapters' ``get_delta_weight`` into the base weight (checked for non-finite values if
+        ``safe_merge``)."""
+        weight = base_weight(self.get_base_layer())
+        for name in self.check_adapters_to_merge(adapter_names):
+            merged = weight.asnumpy() + self.get_delta_weight(name)
+            if safe_merge and not np.isfinite(merged).all():
+                raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
+            write_parameter(weight, merged)
+            self.merged_adapters.append(name)
+
+    def unmerge(self):
+        """Subtract every merged adapter's update from the base weight."""
+        weight = base_weight(self.get_base_layer())
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            write_parameter(weight, weight.asnumpy() - self.get_delta_weight(name))
+
+    def construct(self, x):
+        result = self.base_layer(x)
+        if self.disable_adapters or self.merged_adapters:
+            return result
+        for name in self._active_in_layer:
+            weight = self.delta(name) * self.scaling[name]
+            if self.training and self.rank_dropout[name] > 0:
+                drop = (self.coin((weight.shape[0],)) > self.rank_dropout[name]).astype(weight.dtype)
+                if self.rank_dropout_scale[name]:
+                    drop = drop / drop.mean()
+                weight = weight * drop.view(-1, 1)
+            out = linear(x.astype(weight.dtype), weight)
+            if self.training and self.module_dropout[name] > 0:
+                out = out * (self.coin((1,)) > self.module_dropout[name]).astype(out.dtype)
+            result = result + out.astype(result.dtype)
+        return result
+
+
+class LycorisTuner(BaseTuner):
+    """A tuner that wraps the targeted ``Linear``/``mindspore.nn.Dense`` layers with ``layer_cls``."""
+
+    layer_cls = LycorisLayer
+
+    def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key):
+        rank_key = get_pattern_key(config.rank_pattern.keys(), current_key)
+        alpha_key = get_pattern_key(config.alpha_pattern.keys(), current_key)
+        r = config.rank_pattern[rank_key] if rank_key else config.r
+        alpha = config.alpha_pattern[alpha_key] if alpha_key else config.alpha
+        if isinstance(target, self.layer_cls):
+            target.update_layer(adapter_name, r, alpha, config)
+            return
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        # HF peft adapts torch Linear (and Conv) layers only; GPT-2's Conv1D is refused there too.
+        if isinstance(base, Conv1D) or not isinstance(base, (LinearLayer, nn.Dense)):
+            raise TypeError(f"Target module {current_key!r} of type {type(base).__name__} not supported, currently "
+                            f"only adapters for Linear/mindspore.nn.Dense layers are supported by "
+                            f"{self.layer_cls.method}")
+        replace_child(parent, target_name, self.layer_cls(target, adapter_name, r, alpha, config))
+
+    def _mark_only_adapters_as_trainable(self, model):
+        for name, param in model.parameters_and_names():
+            if self.prefix not in name and ".modules_to_save." not in name:
+                param.requires_grad = False
