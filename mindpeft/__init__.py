@@ -10,7 +10,7 @@ from .auto import (AutoPeftModel, AutoPeftModelForCausalLM, AutoPeftModelForFeat
                    AutoPeftModelForQuestionAnswering, AutoPeftModelForSeq2SeqLM,
                    AutoPeftModelForSequenceClassification, AutoPeftModelForTokenClassification)
 from .config import PeftConfig, PromptLearningConfig
-from .mapping import PEFT_TYPE_TO_CONFIG_MAPPING, get_peft_model
+from .mapping import PEFT_TYPE_TO_CONFIG_MAPPING, get_peft_model, inject_adapter_in_model
 from .models.tokenization_auto import AutoTokenizer
 from .peft_model import (PeftModel, PeftModelForCausalLM, PeftModelForFeatureExtraction,
                          PeftModelForQuestionAnswering, PeftModelForSeq2SeqLM, PeftModelForSequenceClassification,
@@ -20,6 +20,12 @@ from .tuners import (AdaLoraConfig, AdaLoraModel, AdaptionPromptConfig, Adaption
                      LoraModel, PrefixEncoder, PrefixTuningConfig,
                      PromptEmbedding, PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType,
                      PromptTuningConfig, PromptTuningInit)
+from .tuners import BOFTConfig, BOFTModel, OFTConfig, OFTModel
+from .tuners import (MultitaskPromptEmbedding, MultitaskPromptTuningConfig, MultitaskPromptTuningInit, PolyConfig,
+                     PolyModel)
+from .tuners import TrainableTokensConfig, TrainableTokensModel
+from .tuners import FourierFTConfig, FourierFTModel, HRAConfig, HRAModel, VeraConfig, VeraModel
 from .training.schedules import get_linear_schedule_with_warmup
 from .utils import (PeftType, TaskType, get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict,
                     set_seed)
+from .utils.status import TunerLayerStatus, TunerModelStatus, get_layer_status, get_model_status

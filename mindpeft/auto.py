@@ -1,5 +1,7 @@
 """``AutoPeftModel*``: rebuild the base model named in ``adapter_config.json`` and load the adapter on it."""
+from . import models
 from .config import PeftConfig
+from .models import PreTrainedModel
 from .models import auto as model_auto
 from .peft_model import (PeftModel, PeftModelForCausalLM, PeftModelForFeatureExtraction,
                          PeftModelForQuestionAnswering, PeftModelForSeq2SeqLM, PeftModelForSequenceClassification,
@@ -22,14 +24,30 @@ class _BaseAutoPeftModel:
         base_path = base_model_path or config.base_model_name_or_path
         if not base_path:
             raise ValueError("The adapter config has no base_model_name_or_path; pass base_model_path=")
-        base_model = cls.model_auto_class.from_pretrained(base_path, **kwargs)
+        base_model = cls._base_model_class(config).from_pretrained(base_path, **kwargs)
         return cls.peft_model_class.from_pretrained(base_model, pretrained_model_name_or_path,
                                                     adapter_name=adapter_name, is_trainable=is_trainable,
                                                     config=config)
 
+    @classmethod
+    def _base_model_class(cls, config):
+        return cls.model_auto_class
+
 
 class AutoPeftModel(_BaseAutoPeftModel):
+    """Adapters without a task type. The base model is the class HF peft records in the config's
+    ``auto_mapping`` (``ViTForImageClassification``, ``SegformerForSemanticSegmentation``,
+    ``WhisperForConditionalGeneration``...) when mindpeft.models has it, else :class:`~mindpeft.models.AutoModel`."""
+
     model_auto_class = model_auto.AutoModel
+
+    @classmethod
+    def _base_model_class(cls, config):
+        name = (config.auto_mapping or {}).get("base_model_class")
+        model_class = getattr(models, name, None) if isinstance(name, str) else None
+        if isinstance(model_class, type) and issubclass(model_class, PreTrainedModel):
+            return model_class
+        return cls.model_auto_class
 
 
 class AutoPeftModelForCausalLM(_BaseAutoPeftModel):

@@ -106,6 +106,16 @@ class PeftModel(ModelOutputMixin, nn.Cell):
                 trainable += n
         return trainable, total
 
+    def get_layer_status(self):
+        """HF peft's :func:`mindpeft.get_layer_status` of this model."""
+        from .utils.status import get_layer_status
+        return get_layer_status(self)
+
+    def get_model_status(self):
+        """HF peft's :func:`mindpeft.get_model_status` of this model."""
+        from .utils.status import get_model_status
+        return get_model_status(self)
+
     def print_trainable_parameters(self):
         trainable, total = self.get_nb_trainable_parameters()
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
@@ -211,7 +221,7 @@ class PeftModel(ModelOutputMixin, nn.Cell):
         if not hasattr(self, "word_embeddings"):
             self.word_embeddings = _find_word_embeddings(self.base_model)
         encoder_cls = get_model_class(config.peft_type)
-        if config.peft_type == PeftType.PROMPT_TUNING:
+        if config.peft_type in (PeftType.PROMPT_TUNING, PeftType.MULTITASK_PROMPT_TUNING):
             encoder = encoder_cls(config, self.word_embeddings, encoded)
         else:
             encoder = encoder_cls(config, encoded)
@@ -236,16 +246,20 @@ class PeftModel(ModelOutputMixin, nn.Cell):
         self._prompt_adapter = adapter_name
         self._num_virtual_tokens = config.num_virtual_tokens
         self._is_prefix = config.peft_type == PeftType.PREFIX_TUNING
+        self._prompts_take_task_ids = config.peft_type == PeftType.MULTITASK_PROMPT_TUNING
         self._prompt_token_count = (config.num_virtual_tokens if self._is_prefix
                                     else config.num_virtual_tokens * config.num_transformer_submodules)
         self._prefix_shape = (config.num_layers, config.num_attention_heads,
                               config.token_dim // config.num_attention_heads, config.num_transformer_submodules)
         self._prompt_state_version += 1
 
-    def _prompt_embeds(self, batch_size):
-        """The active adapter's virtual token embeddings, (batch, tokens, token_dim)."""
+    def _prompt_embeds(self, batch_size, task_ids=None):
+        """The active adapter's virtual token embeddings, (batch, tokens, token_dim); multitask prompt tuning's
+        depend on each sample's ``task_ids``."""
         count = self._prompt_token_count
-        prompts = self.prompt_encoder[self._prompt_adapter](ops.arange(count).view(1, count))
+        indices = ops.arange(count).view(1, count)
+        encoder = self.prompt_encoder[self._prompt_adapter]
+        prompts = encoder(indices, task_ids) if self._prompts_take_task_ids else encoder(indices)
         return ops.broadcast_to(prompts, (batch_size, count, prompts.shape[-1]))
 
     def _prefix_past(self, batch_size):
@@ -269,6 +283,8 @@ class PeftModel(ModelOutputMixin, nn.Cell):
     def get_prompt_embedding_to_save(self, adapter_name):
         """The encoded virtual tokens HF peft stores as ``prompt_embeddings``, as a numpy array."""
         config = self._prompt_configs[adapter_name]
+        if config.peft_type == PeftType.MULTITASK_PROMPT_TUNING:  # the shared prompt, as HF peft saves it
+            return self.prompt_encoder[adapter_name].embedding.weight.asnumpy()
         count = config.num_virtual_tokens * (1 if config.peft_type == PeftType.PREFIX_TUNING
                                              else config.num_transformer_submodules)
         return self.prompt_encoder[adapter_name](ops.arange(count).view(1, count))[0].asnumpy()
@@ -297,7 +313,7 @@ class PeftModel(ModelOutputMixin, nn.Cell):
         for name in names:
             if name != "default" and (os.path.basename(name) != name or name in ("", ".", "..")):
                 raise ValueError(f"Adapter {name!r} cannot be saved: its name is not a valid folder name")
-            weights = get_peft_model_state_dict(self, name)
+            weights = get_peft_model_state_dict(self, adapter_name=name)
             try:
                 text = self.peft_config[name].to_json_string(**{**kwargs, "inference_mode": True})
             except (TypeError, ValueError) as err:
@@ -368,6 +384,8 @@ class PeftModel(ModelOutputMixin, nn.Cell):
     def generate(self, *args, **kwargs):
         if self._is_prompt_learning and not self._prompts_disabled:
             return self._prompt_generate(*args, **kwargs)
+        if not self._is_prompt_learning and hasattr(type(self.base_model), "generate"):  # Poly: routes task_ids
+            return self.base_model.generate(*args, **kwargs)
         return self.get_base_model().generate(*args, **kwargs)
 
     def _prompt_generate(self, *args, **kwargs):
@@ -385,7 +403,7 @@ class PeftModelForCausalLM(PeftModel):
     """PeftModel for decoder-only language models (``TaskType.CAUSAL_LM``)."""
 
     def _prompt_forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None,
-                        position_ids=None, token_type_ids=None, **kwargs):
+                        position_ids=None, token_type_ids=None, task_ids=None, **kwargs):
         batch = _batch_size(input_ids, inputs_embeds)
         attention_mask = self._prefix_attention_mask(attention_mask)
         if self._is_prefix:
@@ -396,11 +414,11 @@ class PeftModelForCausalLM(PeftModel):
         if labels is not None:
             ignore = ops.full((batch, self._num_virtual_tokens), -100, dtype=labels.dtype)
             labels = ops.cat([ignore, labels], axis=1)
-        prompts = self._prompt_embeds(batch).astype(inputs_embeds.dtype)
+        prompts = self._prompt_embeds(batch, task_ids).astype(inputs_embeds.dtype)
         return self.base_model(inputs_embeds=ops.cat([prompts, inputs_embeds], axis=1),
                                attention_mask=attention_mask, labels=labels, **kwargs)
 
-    def _prompt_generate(self, input_ids=None, attention_mask=None, **kwargs):
+    def _prompt_generate(self, input_ids=None, attention_mask=None, task_ids=None, **kwargs):
         """Prompt tuning / P-tuning: the prompts lead the embedded input; prefix tuning: the prefix is the
         initial cache. Returns input ids followed by the new ids, as without adapters."""
         if input_ids is None:
@@ -412,7 +430,7 @@ class PeftModelForCausalLM(PeftModel):
             return self.base_model.generate(input_ids=input_ids, attention_mask=mask,
                                             past_key_values=self._prefix_past(batch), **kwargs)
         embeds = self.word_embeddings(input_ids)
-        embeds = ops.cat([self._prompt_embeds(batch).astype(embeds.dtype), embeds], axis=1)
+        embeds = ops.cat([self._prompt_embeds(batch, task_ids).astype(embeds.dtype), embeds], axis=1)
         new = self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         return ops.cat([input_ids.astype(ms.int64), new], axis=1)
 
@@ -421,7 +439,8 @@ class PeftModelForSeq2SeqLM(PeftModel):
     """PeftModel for encoder-decoder language models (``TaskType.SEQ_2_SEQ_LM``)."""
 
     def _prompt_forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, decoder_input_ids=None,
-                        decoder_attention_mask=None, decoder_inputs_embeds=None, labels=None, **kwargs):
+                        decoder_attention_mask=None, decoder_inputs_embeds=None, labels=None, task_ids=None,
+                        **kwargs):
         batch = _batch_size(input_ids, inputs_embeds)
         if self._is_prefix:
             return self.base_model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
@@ -430,13 +449,39 @@ class PeftModelForSeq2SeqLM(PeftModel):
                                    prefix_key_values=self._prefix_past(batch), **kwargs)
         if inputs_embeds is None:
             inputs_embeds = self.word_embeddings(input_ids)
-        prompts = self._prompt_embeds(batch)[:, : self._num_virtual_tokens].astype(inputs_embeds.dtype)
-        return self.base_model(inputs_embeds=ops.cat([prompts, inputs_embeds], axis=1),
+        prompts = self._prompt_embeds(batch, task_ids).astype(inputs_embeds.dtype)
+        if self._prompts_take_task_ids:  # HF peft: multitask prompt tuning's second half leads the decoder inputs
+            decoder_inputs_embeds, decoder_attention_mask, labels = self._decoder_prompts(
+                prompts[:, self._num_virtual_tokens:], decoder_input_ids, decoder_inputs_embeds,
+                decoder_attention_mask, labels)
+            decoder_input_ids = None
+        return self.base_model(inputs_embeds=ops.cat([prompts[:, : self._num_virtual_tokens], inputs_embeds], axis=1),
                                attention_mask=self._prefix_attention_mask(attention_mask),
                                decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
                                decoder_inputs_embeds=decoder_inputs_embeds, labels=labels, **kwargs)
 
-    def _prompt_generate(self, input_ids=None, attention_mask=None, **kwargs):
+    def _decoder_prompts(self, prompts, decoder_input_ids, decoder_inputs_embeds, decoder_attention_mask, labels):
+        """``prompts`` ahead of the decoder inputs (embedded from the labels shifted right when not given), ones
+        ahead of the decoder mask and -100 ahead of the labels (HF peft's multitask prompt tuning forward)."""
+        if decoder_inputs_embeds is None:
+            if decoder_input_ids is None:
+                if labels is None:
+                    raise ValueError("Multitask prompt tuning needs decoder_input_ids, decoder_inputs_embeds or labels")
+                config = self.base_model.config
+                start = ops.full((labels.shape[0], 1), config.decoder_start_token_id, dtype=labels.dtype)
+                decoder_input_ids = ops.cat([start, labels[:, :-1]], axis=1)
+                decoder_input_ids = ops.masked_fill(decoder_input_ids, decoder_input_ids == -100, config.pad_token_id)
+            decoder_inputs_embeds = self.word_embeddings(decoder_input_ids)
+        decoder_inputs_embeds = ops.cat([prompts.astype(decoder_inputs_embeds.dtype), decoder_inputs_embeds], axis=1)
+        count = prompts.shape[1]
+        if decoder_attention_mask is not None:
+            ones = ops.ones((decoder_attention_mask.shape[0], count), decoder_attention_mask.dtype)
+            decoder_attention_mask = ops.cat([ones, decoder_attention_mask], axis=1)
+        if labels is not None:
+            labels = ops.cat([ops.full((labels.shape[0], count), -100, dtype=labels.dtype), labels], axis=1)
+        return decoder_inputs_embeds, decoder_attention_mask, labels
+
+    def _prompt_generate(self, input_ids=None, attention_mask=None, task_ids=None, **kwargs):
         if input_ids is None:
             raise ValueError("generate with prompt learning needs input_ids")
         batch, length = input_ids.shape
@@ -445,7 +490,7 @@ class PeftModelForSeq2SeqLM(PeftModel):
             return self.base_model.generate(input_ids=input_ids, attention_mask=mask,
                                             prefix_key_values=self._prefix_past(batch), **kwargs)
         embeds = self.word_embeddings(input_ids)
-        prompts = self._prompt_embeds(batch)[:, : self._num_virtual_tokens].astype(embeds.dtype)
+        prompts = self._prompt_embeds(batch, task_ids)[:, : self._num_virtual_tokens].astype(embeds.dtype)
         return self.base_model.generate(inputs_embeds=ops.cat([prompts, embeds], axis=1),
                                         attention_mask=self._prefix_attention_mask(mask), **kwargs)
 
@@ -454,7 +499,7 @@ class _PromptClassificationMixin:
     """Prompt tuning / P-tuning / prefix tuning forward of the classification PeftModels."""
 
     def _prompt_forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, token_type_ids=None,
-                        position_ids=None, **kwargs):
+                        position_ids=None, task_ids=None, **kwargs):
         batch = _batch_size(input_ids, inputs_embeds)
         attention_mask = self._prefix_attention_mask(attention_mask)
         if self._is_prefix:
@@ -466,7 +511,7 @@ class _PromptClassificationMixin:
                                    token_type_ids=token_type_ids, past_key_values=past, **kwargs)
         if inputs_embeds is None:
             inputs_embeds = self.word_embeddings(input_ids)
-        prompts = self._prompt_embeds(batch).astype(inputs_embeds.dtype)
+        prompts = self._prompt_embeds(batch, task_ids).astype(inputs_embeds.dtype)
         inputs_embeds = ops.cat([prompts, inputs_embeds], axis=1)
         if token_type_ids is None:
             return self.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)

@@ -1,11 +1,15 @@
-"""LoRA training and inference benchmark, measured side by side in one run (machines here are noisy).
+"""mindpeft vs torch + HF peft on this machine: training steps, training memory and generation, side by side.
 
-    python scripts/bench.py            # a GPT-2-small-shaped model (124M parameters)
-    python scripts/bench.py --tiny     # a 2-layer model, seconds (CI-sized)
+    python scripts/bench.py                     # the cases below, 3 rounds (about half an hour on 2 cores)
+    python scripts/bench.py --tiny              # the same rows on 2-layer models, one round (CI-sized)
+    python scripts/bench.py --rows gpt2-lora,gpt2-generate-b1 --rounds 5
 
-Rows: the LoRA train step in PyNative and under mindspore.jit, a full fine-tuning step (jit), and the same LoRA
-and full steps in HF peft / PyTorch on CPU as the reference; then ratios, the trainable share, adapter vs full
-checkpoint size, merged vs unmerged inference, and peak memory of LoRA vs full fine-tuning (child processes).
+Each framework runs in child processes of its own (MindSpore's and torch's thread pools disturb each other in one
+process), alternating framework order round by round; a row reports the median over rounds of each child's median
+step time, the range of the per-round values, and the time ratio mindpeft / torch. Training memory is the peak
+resident memory of the child after the model was built minus its resident memory then (the kernel's peak counter
+is reset at that point), so it counts gradients, optimizer state, activations and compilation. Without --tiny each
+row gets a fresh child per framework and round; --tiny runs all rows of a framework in one child.
 """
 import argparse
 import json
@@ -18,89 +22,70 @@ import time
 
 import numpy as np
 
-SHAPES = {"small": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12),
-          "tiny": dict(vocab_size=1000, n_positions=128, n_embd=64, n_layer=2, n_head=4)}
+GPT2 = {"small": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12),
+        "tiny": dict(vocab_size=1000, n_positions=128, n_embd=64, n_layer=2, n_head=4)}
+BERT = {"small": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                      intermediate_size=3072, max_position_embeddings=512),
+        "tiny": dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=128, max_position_embeddings=128)}
+LLAMA = {"small": dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
+                       num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=1024),
+         "tiny": dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128)}
+T5_TOKENS = dict(decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+T5 = {"small": dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8, **T5_TOKENS),
+      "tiny": dict(vocab_size=1000, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, **T5_TOKENS)}
+FAMILIES = {"gpt2": GPT2, "bert": BERT, "llama": LLAMA, "t5": T5}
+NO_DROPOUT = {"gpt2": dict(embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0),
+              "bert": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), "llama": {},
+              "t5": dict(dropout_rate=0.0)}
+LORA_TARGETS = {"gpt2": ["c_attn", "c_proj"], "bert": ["query", "value"], "llama": ["q_proj", "v_proj"],
+                "t5": ["q", "v"]}
+TASKS = {"gpt2": "CAUSAL_LM", "bert": "SEQ_CLS", "llama": "CAUSAL_LM", "t5": "SEQ_2_SEQ_LM"}
+
+# row: (family, what, batch, length); what is "lora"/"full" (train step) or "generate" (new tokens after a
+# 16-token prompt, LoRA unmerged)
+ROWS = {
+    "gpt2-lora": ("gpt2", "lora", 4, 64),
+    "gpt2-full": ("gpt2", "full", 4, 64),
+    "bert-lora": ("bert", "lora", 8, 128),
+    "llama-lora": ("llama", "lora", 4, 128),
+    "gpt2-generate-b1": ("gpt2", "generate", 1, 32),
+    "gpt2-generate-b8": ("gpt2", "generate", 8, 32),
+    "llama-generate-b1": ("llama", "generate", 1, 32),
+    "llama-generate-b8": ("llama", "generate", 8, 32),
+    "t5-generate-b1": ("t5", "generate", 1, 32),
+    "t5-generate-b8": ("t5", "generate", 8, 32),
+}
+# mindpeft only: the LoRA step in PyNative, merged / unmerged / base inference, sizes
+MINDPEFT_ROWS = {"gpt2-lora-pynative": ("gpt2", "lora", 4, 64), "gpt2-inference": ("gpt2", "inference", 4, 64)}
+PROMPT_LEN = 16
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="2-layer model instead of GPT-2 small")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--steps", type=int, help="timed steps per row, after one warm-up step (default: 20 with "
-                        "--tiny, else 5); each row reports the median")
-    parser.add_argument("--child", choices=["lora", "full"], help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="2-layer models, one round, all rows of a framework "
+                                                            "in one child")
+    parser.add_argument("--rows", default=",".join(list(ROWS) + list(MINDPEFT_ROWS)), help="comma-separated rows")
+    parser.add_argument("--rounds", type=int, help="rounds (default: 1 with --tiny, else 3)")
+    parser.add_argument("--steps", type=int, help="timed steps per child after two warm-up steps (default: 2 with "
+                                                  "--tiny, else 5)")
+    parser.add_argument("--child", choices=["mindpeft", "torch"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in args.rows if r not in ROWS and r not in MINDPEFT_ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; known: {sorted(ROWS) + sorted(MINDPEFT_ROWS)}")
+    args.rounds = args.rounds or (1 if args.tiny else 3)
+    args.steps = args.steps or (2 if args.tiny else 5)
+    return args
 
 
-def timed(fn, steps):
-    """Median seconds of ``steps`` calls after a warm-up call (compilation, allocation)."""
-    fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+# ---------------------------------------------------------------- measuring inside a child
 
-
-def build_mindspore(shape, lora):
-    from mindpeft import LoraConfig, get_peft_model
-    from mindpeft.models import GPT2Config, GPT2LMHeadModel
-
-    np.random.seed(0)
-    model = GPT2LMHeadModel(GPT2Config(**shape, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0))
-    if lora:
-        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16,
-                                                 target_modules=["c_attn", "c_proj"]))
-    return model
-
-
-def mindspore_step(model, batch, jit):
-    from mindspore.experimental import optim
-    from mindpeft.training import TrainStep
-
-    model.set_train(True)
-    step = TrainStep(model, optim.AdamW(model.trainable_params(), lr=1e-4, weight_decay=0.0), jit=jit)
-    return lambda: float(step(**batch))
-
-
-def torch_step(shape, batch, lora):
-    import peft
-    import torch
-    import transformers
-
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**shape, embd_pdrop=0.0, attn_pdrop=0.0,
-                                                                 resid_pdrop=0.0))
-    if lora:
-        model = peft.get_peft_model(model, peft.LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16,
-                                                           target_modules=["c_attn", "c_proj"]))
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
-    ids = torch.tensor(batch["input_ids"].asnumpy(), dtype=torch.long)
-
-    def step():
-        optimizer.zero_grad()
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
-
-    return step
-
-
-def child_peak_memory(args, kind):
-    """``{"model_mib", "peak_mib"}``: resident memory of a fresh process after building the model, and its peak
-    over a few steps of ``kind`` training."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--batch-size", str(args.batch_size),
-           "--seq-len", str(args.seq_len), "--steps", "2"] + (["--tiny"] if args.tiny else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "GLOG_v": "3"})
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def rss_mib(field):
-    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process from /proc, in MiB."""
+def memory_mib(field):
+    """``VmRSS`` (now) or ``VmHWM`` (peak since the last reset) of this process, in MiB."""
     with open("/proc/self/status") as status:
         for line in status:
             if line.startswith(field + ":"):
@@ -108,86 +93,288 @@ def rss_mib(field):
     raise KeyError(field)
 
 
-def run_child(args, shape, batch):
-    model = build_mindspore(shape, lora=args.child == "lora")
-    before = rss_mib("VmRSS")
-    step = mindspore_step(model, batch, jit=True)
-    for _ in range(args.steps):
-        step()
-    print(json.dumps({"model_mib": before, "peak_mib": rss_mib("VmHWM")}))
+def reset_peak_memory():
+    """Make ``VmHWM`` restart from the current resident size (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
 
 
-def folder_size(path):
-    return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+def measure(run, steps):
+    """Times of ``steps`` calls of ``run`` after two warm-ups, and the memory above the state before them."""
+    import gc
+
+    gc.collect()
+    base = memory_mib("VmRSS")
+    reset_peak_memory()
+    run()
+    run()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return {"seconds": statistics.median(times), "memory_mib": memory_mib("VmHWM") - base}
+
+
+def inputs(family, batch, length, what, vocab):
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, vocab, (batch, PROMPT_LEN if what == "generate" else length))
+    if family == "bert":
+        return {"input_ids": ids, "labels": rng.integers(0, 2, (batch,))}
+    if family == "t5":
+        return {"input_ids": ids, "labels": rng.integers(3, vocab, (batch, length))}
+    return {"input_ids": ids, "labels": ids}
+
+
+class MindpeftCases:
+    def __init__(self, size):
+        import mindspore as ms
+        from mindpeft import LoraConfig, get_peft_model
+        from mindpeft import models
+
+        self.ms, self.size = ms, size
+        self.lora_config, self.get_peft_model, self.models = LoraConfig, get_peft_model, models
+
+    def model(self, family, lora):
+        m = self.models
+        np.random.seed(0)
+        config = {"gpt2": m.GPT2Config, "bert": m.BertConfig, "llama": m.LlamaConfig, "t5": m.T5Config}[family](
+            **FAMILIES[family][self.size], **NO_DROPOUT[family])
+        cls = {"gpt2": m.GPT2LMHeadModel, "bert": m.BertForSequenceClassification, "llama": m.LlamaForCausalLM,
+               "t5": m.T5ForConditionalGeneration}[family]
+        model = cls(config)
+        if lora:
+            model = self.get_peft_model(model, self.lora_config(task_type=TASKS[family], r=8, lora_alpha=16,
+                                                                target_modules=LORA_TARGETS[family]))
+        return model
+
+    def tensors(self, batch):
+        return {k: self.ms.Tensor(v, self.ms.int32) for k, v in batch.items()}
+
+    def run(self, row, family, what, batch_size, length, steps):
+        from mindspore.experimental import optim
+        from mindpeft.training import TrainStep
+
+        model = self.model(family, lora=what != "full")
+        batch = self.tensors(inputs(family, batch_size, length, what, FAMILIES[family][self.size]["vocab_size"]))
+        if what == "generate":
+            model.set_train(False)
+            prompt = batch["input_ids"]
+            return measure(lambda: model.generate(input_ids=prompt, max_new_tokens=length, eos_token_id=-1).asnumpy(),
+                           steps)
+        if what == "inference":
+            return self.inference(model, batch, steps)
+        model.set_train(True)
+        step = TrainStep(model, optim.AdamW(model.trainable_params(), lr=1e-4, weight_decay=0.0),
+                         jit=not row.endswith("pynative"))
+        result = measure(lambda: float(step(**batch)), steps)
+        if row == "gpt2-lora":
+            result.update(self.sizes(model))
+        return result
+
+    def inference(self, lora, batch, steps):
+        """Forward times of the base model, the unmerged LoRA model and the merged one, interleaved."""
+        from mindpeft.training import ForwardStep
+
+        ids = batch["input_ids"]
+        lora.set_train(False)
+        unmerged = ForwardStep(lora)
+        base_model = self.model("gpt2", lora=False)
+        base_model.set_train(False)
+        base = ForwardStep(base_model)
+        merged_model = self.model("gpt2", lora=True).merge_and_unload()
+        merged_model.set_train(False)
+        merged = ForwardStep(merged_model)
+        times = {"base": [], "unmerged": [], "merged": []}
+        for name, fn in (("base", base), ("unmerged", unmerged), ("merged", merged)):
+            fn(input_ids=ids)
+            fn(input_ids=ids)
+        for _ in range(max(steps, 5)):
+            for name, fn in (("base", base), ("unmerged", unmerged), ("merged", merged)):
+                start = time.perf_counter()
+                fn(input_ids=ids)["logits"].asnumpy()
+                times[name].append(time.perf_counter() - start)
+        return {f"{k}_seconds": statistics.median(v) for k, v in times.items()}
+
+    def sizes(self, lora):
+        trainable = sum(int(np.prod(p.shape)) for p in lora.trainable_params())
+        total = sum(int(np.prod(p.shape)) for n, p in lora.get_base_model().parameters_and_names()
+                    if ".lora_" not in n)
+        with tempfile.TemporaryDirectory() as tmp:
+            lora.save_pretrained(os.path.join(tmp, "adapter"))
+            adapter = folder_mib(os.path.join(tmp, "adapter"))
+            self.model("gpt2", lora=False).save_pretrained(os.path.join(tmp, "full"))
+            full = folder_mib(os.path.join(tmp, "full"))
+        return {"trainable": trainable, "total": total, "adapter_mib": adapter, "full_mib": full}
+
+
+class TorchCases:
+    def __init__(self, size):
+        import peft
+        import torch
+        import transformers
+
+        self.torch, self.peft, self.transformers, self.size = torch, peft, transformers, size
+
+    def model(self, family, lora):
+        t = self.transformers
+        self.torch.manual_seed(0)
+        config = {"gpt2": t.GPT2Config, "bert": t.BertConfig, "llama": t.LlamaConfig, "t5": t.T5Config}[family](
+            **FAMILIES[family][self.size], **NO_DROPOUT[family])
+        cls = {"gpt2": t.GPT2LMHeadModel, "bert": t.BertForSequenceClassification, "llama": t.LlamaForCausalLM,
+               "t5": t.T5ForConditionalGeneration}[family]
+        model = cls(config)
+        if lora:
+            model = self.peft.get_peft_model(model, self.peft.LoraConfig(task_type=TASKS[family], r=8, lora_alpha=16,
+                                                                         target_modules=LORA_TARGETS[family]))
+        return model
+
+    def run(self, row, family, what, batch_size, length, steps):
+        torch = self.torch
+        model = self.model(family, lora=what != "full")
+        batch = {k: torch.tensor(v, dtype=torch.long)
+                 for k, v in inputs(family, batch_size, length, what, FAMILIES[family][self.size]["vocab_size"]).items()}
+        if what == "generate":
+            model.eval()
+
+            def generate():
+                with torch.no_grad():
+                    return model.generate(input_ids=batch["input_ids"], max_new_tokens=length,
+                                          min_new_tokens=length, do_sample=False, pad_token_id=0)
+
+            return measure(generate, steps)
+        model.train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
+
+        def step():
+            optimizer.zero_grad()
+            loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            return float(loss.detach())
+
+        return measure(step, steps)
+
+
+def folder_mib(path):
+    return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)) / 2 ** 20
+
+
+def run_child(args):
+    size = "tiny" if args.tiny else "small"
+    cases = MindpeftCases(size) if args.child == "mindpeft" else TorchCases(size)
+    for row in args.rows:
+        family, what, batch, length = ROWS.get(row) or MINDPEFT_ROWS[row]
+        result = cases.run(row, family, what, batch, length, args.steps)
+        print("RESULT " + json.dumps({"row": row, **result}), flush=True)
+
+
+# ---------------------------------------------------------------- the parent: children, rounds, tables
+
+def run_children(framework, rows, args):
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", framework, "--rows", ",".join(rows),
+           "--steps", str(args.steps)] + (["--tiny"] if args.tiny else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "GLOG_v": "3"})
+    if out.returncode != 0:
+        raise SystemExit(f"{framework} child for {rows} failed:\n{out.stderr[-3000:]}")
+    results = [json.loads(line[len("RESULT "):]) for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    return {r.pop("row"): r for r in results}
+
+
+def collect(args):
+    """``{(framework, row): [result of each round]}``."""
+    both = [r for r in args.rows if r in ROWS]
+    ours = [r for r in args.rows if r in MINDPEFT_ROWS]
+    found = {}
+    for round_index in range(args.rounds):
+        order = ("mindpeft", "torch") if round_index % 2 == 0 else ("torch", "mindpeft")
+        batches = [[r] for r in both] if not args.tiny else [both]
+        for rows in batches:
+            for framework in order:
+                if rows:
+                    for row, result in run_children(framework, rows, args).items():
+                        found.setdefault((framework, row), []).append(result)
+        for rows in ([[r] for r in ours] if not args.tiny else [ours]):
+            if rows:
+                for row, result in run_children("mindpeft", rows, args).items():
+                    found.setdefault(("mindpeft", row), []).append(result)
+        print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    return found
+
+
+def spread(values, fmt):
+    values = list(values)
+    middle = statistics.median(values)
+    if len(values) == 1:
+        return fmt.format(middle)
+    return f"{fmt.format(middle)} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def print_tables(found, args):
+    import platform
+
+    import mindspore
+    import peft
+    import torch
+
+    size = "tiny 2-layer models" if args.tiny else "GPT-2 small, BERT-base, LLaMA 8 x 1024, T5-small shapes"
+    print(f"\n{size}; {args.rounds} round(s) x {args.steps} timed steps; {os.cpu_count()} CPUs "
+          f"({platform.processor() or platform.machine()}); MindSpore {mindspore.__version__}, torch "
+          f"{torch.__version__}, peft {peft.__version__}\n")
+
+    def pair(row, key="seconds"):
+        ours, theirs = found.get(("mindpeft", row)), found.get(("torch", row))
+        if not ours or not theirs:
+            return None
+        return [o[key] for o in ours], [t[key] for t in theirs], [o[key] / t[key] for o, t in zip(ours, theirs)]
+
+    print("| training step | mindpeft s | torch + HF peft s | time mindpeft / torch | training memory above the "
+          "loaded model, mindpeft / torch |\n| --- | --- | --- | --- | --- |")
+    for row in args.rows:
+        if row in ROWS and ROWS[row][1] != "generate" and pair(row):
+            ours, theirs, ratios = pair(row)
+            memory = pair(row, "memory_mib")
+            family, what, batch, length = ROWS[row]
+            print(f"| {family} {'LoRA' if what == 'lora' else 'full fine-tune'}, {batch} x {length} | "
+                  f"{spread(ours, '{:.3f}')} | {spread(theirs, '{:.3f}')} | {spread(ratios, '{:.2f}')} | "
+                  f"{statistics.median(memory[0]):.0f} / {statistics.median(memory[1]):.0f} MiB |")
+    print("\n| greedy generate, LoRA unmerged | mindpeft tokens/s | transformers + HF peft tokens/s | time mindpeft / "
+          "torch |\n| --- | --- | --- | --- |")
+    for row in args.rows:
+        if row in ROWS and ROWS[row][1] == "generate" and pair(row):
+            ours, theirs, ratios = pair(row)
+            family, _, batch, length = ROWS[row]
+            tokens = batch * length
+            print(f"| {family}, batch {batch}, {length} new tokens | {spread([tokens / s for s in ours], '{:.0f}')} | "
+                  f"{spread([tokens / s for s in theirs], '{:.0f}')} | {spread(ratios, '{:.2f}')} |")
+    print("\n| mindpeft | value |\n| --- | --- |")
+    lora, full = found.get(("mindpeft", "gpt2-lora")), found.get(("mindpeft", "gpt2-full"))
+    if lora and full:
+        print(f"| GPT-2 LoRA step / full fine-tune step | "
+              f"{spread([a['seconds'] / b['seconds'] for a, b in zip(lora, full)], '{:.2f}')} |")
+    eager = found.get(("mindpeft", "gpt2-lora-pynative"))
+    if lora and eager:
+        print(f"| GPT-2 LoRA step, jit speed-up over PyNative | "
+              f"{spread([b['seconds'] / a['seconds'] for a, b in zip(lora, eager)], '{:.1f}x')} |")
+    inference = found.get(("mindpeft", "gpt2-inference"))
+    if inference:
+        print(f"| GPT-2 inference (jit), merged LoRA / base model time | "
+              f"{spread([r['merged_seconds'] / r['base_seconds'] for r in inference], '{:.3f}')} |")
+        print(f"| GPT-2 inference (jit), unmerged LoRA / base model time | "
+              f"{spread([r['unmerged_seconds'] / r['base_seconds'] for r in inference], '{:.3f}')} |")
+    sized = next((r for r in lora or [] if "trainable" in r), None)
+    if sized:
+        print(f"| trainable parameters | {sized['trainable']:,d} of {sized['total']:,d} "
+              f"({100 * sized['trainable'] / sized['total']:.3f}%) |")
+        print(f"| adapter / full checkpoint size | {sized['adapter_mib']:.2f} MiB / {sized['full_mib']:.2f} MiB "
+              f"({100 * sized['adapter_mib'] / sized['full_mib']:.2f}%) |")
 
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.steps is None:
-        args.steps = 20 if args.tiny else 5
-    import mindspore as ms
-    from mindspore import Tensor
-
-    shape = SHAPES["tiny" if args.tiny else "small"]
-    ids = np.random.default_rng(0).integers(0, shape["vocab_size"], (args.batch_size, args.seq_len))
-    batch = {"input_ids": Tensor(ids, ms.int32), "labels": Tensor(ids, ms.int32)}
     if args.child:
-        return run_child(args, shape, batch)
-
-    import torch
-    from mindpeft.training import ForwardStep
-
-    rows = {}
-    lora = build_mindspore(shape, lora=True)
-    rows["mindpeft LoRA step, PyNative"] = timed(mindspore_step(lora, batch, jit=False), args.steps)
-    rows["mindpeft LoRA step, jit"] = timed(mindspore_step(lora, batch, jit=True), args.steps)
-    full = build_mindspore(shape, lora=False)
-    rows["mindpeft full fine-tune step, jit"] = timed(mindspore_step(full, batch, jit=True), args.steps)
-    rows["torch + HF peft LoRA step"] = timed(torch_step(shape, batch, lora=True), args.steps)
-    rows["torch full fine-tune step"] = timed(torch_step(shape, batch, lora=False), args.steps)
-
-    lora.set_train(False)
-    unmerged = ForwardStep(lora)
-    rows["mindpeft LoRA inference, unmerged (jit)"] = timed(lambda: unmerged(input_ids=batch["input_ids"]),
-                                                           args.steps)
-    with tempfile.TemporaryDirectory() as tmp:
-        lora.save_pretrained(os.path.join(tmp, "adapter"))
-        adapter_mib = folder_size(os.path.join(tmp, "adapter")) / 2 ** 20
-        merged_model = lora.merge_and_unload()
-        merged = ForwardStep(merged_model)
-        rows["mindpeft LoRA inference, merged (jit)"] = timed(lambda: merged(input_ids=batch["input_ids"]),
-                                                             args.steps)
-        merged_model.save_pretrained(os.path.join(tmp, "full"))
-        full_mib = folder_size(os.path.join(tmp, "full")) / 2 ** 20
-
-    trainable = sum(int(np.prod(p.shape)) for p in build_mindspore(shape, lora=True).trainable_params())
-    total = sum(int(np.prod(p.shape)) for _, p in full.parameters_and_names())
-    mem_lora, mem_full = child_peak_memory(args, "lora"), child_peak_memory(args, "full")
-
-    name = "tiny 2-layer" if args.tiny else "GPT-2 small (124M)"
-    print(f"\n{name}, batch {args.batch_size} x {args.seq_len} tokens, {args.steps} timed steps (median), "
-          f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs\n")
-    print("| measurement | seconds |\n| --- | --- |")
-    for key, value in rows.items():
-        print(f"| {key} | {value:.4f} |")
-    ratio = lambda a, b: rows[a] / rows[b]  # noqa: E731
-    print("\n| ratio | value |\n| --- | --- |")
-    print(f"| LoRA jit speed-up over PyNative | {ratio('mindpeft LoRA step, PyNative', 'mindpeft LoRA step, jit'):.2f}x |")
-    print(f"| mindpeft LoRA jit / torch LoRA (time) | {ratio('mindpeft LoRA step, jit', 'torch + HF peft LoRA step'):.2f} |")
-    print(f"| mindpeft full jit / torch full (time) | "
-          f"{ratio('mindpeft full fine-tune step, jit', 'torch full fine-tune step'):.2f} |")
-    print(f"| LoRA step / full fine-tune step (mindpeft jit) | "
-          f"{ratio('mindpeft LoRA step, jit', 'mindpeft full fine-tune step, jit'):.2f} |")
-    print(f"| merged / unmerged inference time | "
-          f"{ratio('mindpeft LoRA inference, merged (jit)', 'mindpeft LoRA inference, unmerged (jit)'):.2f} |")
-    print(f"| trainable parameters | {trainable:,d} of {total:,d} ({100 * trainable / total:.3f}%) |")
-    print(f"| adapter / full checkpoint size | {adapter_mib:.2f} MiB / {full_mib:.2f} MiB "
-          f"({100 * adapter_mib / full_mib:.2f}%) |")
-    print(f"| peak memory, LoRA / full fine-tune | {mem_lora['peak_mib']:.0f} MiB / {mem_full['peak_mib']:.0f} MiB "
-          f"({mem_lora['peak_mib'] / mem_full['peak_mib']:.2f}) |")
-    train_lora, train_full = (mem["peak_mib"] - mem["model_mib"] for mem in (mem_lora, mem_full))
-    print(f"| training memory above the loaded model, LoRA / full | {train_lora:.0f} MiB / {train_full:.0f} MiB "
-          f"({train_lora / train_full:.2f}) |")
+        return run_child(args)
+    print_tables(collect(args), args)
 
 
 if __name__ == "__main__":

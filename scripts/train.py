@@ -25,12 +25,10 @@ import hashlib
 import json
 import os
 import random
-import re
 import shlex
 import signal
 import sys
 import time
-import uuid
 
 import numpy as np
 import mindspore as ms
@@ -47,8 +45,10 @@ from mindpeft.training import (CausalLMTokenize, ClassificationTokenize, Forward
 from mindpeft.training.data import check_columns, check_labels, check_texts, load_csv
 from mindpeft.utils.hub import resolve_folder
 from mindpeft.utils.seeding import reseed_dropout
-from mindpeft.utils.io import (atomic_directory, pid_alive, read_json_object, remove_path, remove_stale_temporaries_in,
-                               write_json)
+from mindpeft.training.checkpoint import (  # noqa: F401 (CHECKPOINT_RE: train.CHECKPOINT_RE for the tests)
+    CHECKPOINT_RE, CheckpointError, adalora_arrays, discard, file_info, list_checkpoints, quarantine, remove_stale,
+    restore_adalora, rng_state, set_rng_state)
+from mindpeft.utils.io import atomic_directory, read_json_object, write_json
 
 METHODS = ("lora", "prefix", "ptuning", "prompt", "ia3", "adalora")
 PROMPT_METHODS = ("prefix", "ptuning", "prompt")
@@ -65,8 +65,6 @@ RNG_FILE = "rng_state.json"
 ADALORA_FILE = "adalora_state.npz"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 STATE_FORMAT = 1
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-TRASH_PREFIX = ".trash-"
 LOCK_FILE = ".train.lock"
 INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, for SIGTERM too (see StopRequest)
 # Testing aid: seconds to wait inside a checkpoint's temporary folder before it is renamed into place.
@@ -239,14 +237,6 @@ def epoch_order(num_rows, seed, epoch):
 
 
 # ----- fingerprints and states --------------------------------------------------------------------------------
-def file_info(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"size": os.path.getsize(path), "sha256": digest.hexdigest()}
-
-
 def model_fingerprint(path):
     """config.json's checksum and the weight files' sizes: the same model, wherever its folder is."""
     info = {"config.json": file_info(os.path.join(path, "config.json"))["sha256"]}
@@ -264,62 +254,7 @@ def data_fingerprint(table, columns):
     return digest.hexdigest()[:16]
 
 
-def rng_state():
-    version, python_state, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"python": [version, list(python_state), gauss],
-            "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-            "mindspore": ms.get_rng_state().asnumpy().tolist()}
-
-
-def set_rng_state(state):
-    version, python_state, gauss = state["python"]
-    random.setstate((version, tuple(python_state), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    ms.set_rng_state(ms.Tensor(np.array(state["mindspore"], dtype=np.uint8)))
-
-
-def adalora_arrays(model):
-    allocator = model.base_model.rankallocator
-    arrays = {}
-    for prefix, values in (("ipt", allocator.ipt), ("avg_ipt", allocator.exp_avg_ipt),
-                           ("avg_unc", allocator.exp_avg_unc)):
-        for name, value in values.items():
-            arrays[f"{prefix}/{name}"] = value
-    return arrays
-
-
-def restore_adalora(model, path, rank_pattern):
-    allocator = model.base_model.rankallocator
-    allocator.reset_ipt()
-    targets = {"ipt": allocator.ipt, "avg_ipt": allocator.exp_avg_ipt, "avg_unc": allocator.exp_avg_unc}
-    with np.load(path, allow_pickle=False) as data:
-        for key in data.files:
-            prefix, name = key.split("/", 1)
-            targets[prefix][name] = data[key]
-    model.peft_config["default"].rank_pattern = rank_pattern
-
-
 # ----- the output folder ------------------------------------------------------------------------------------------
-def discard(path):
-    """Remove a folder so that it never shows half deleted: renamed away first, then deleted."""
-    parent, name = os.path.split(path)
-    trash = os.path.join(parent, f"{TRASH_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}")
-    os.rename(path, trash)
-    remove_path(trash)
-
-
-def remove_stale(output_dir):
-    """Delete what killed runs left behind: temporary checkpoint/adapter folders and files, half-deleted folders."""
-    remove_stale_temporaries_in(output_dir)
-    for entry in os.listdir(output_dir):
-        if entry.startswith(TRASH_PREFIX):
-            pid = entry[len(TRASH_PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and not pid_alive(int(pid)):
-                remove_path(os.path.join(output_dir, entry))
-
-
 def lock_output(output_dir):
     """Hold an exclusive lock on the output folder for the life of this process (one run per folder)."""
     handle = open(os.path.join(output_dir, LOCK_FILE), "a+")
@@ -331,21 +266,6 @@ def lock_output(output_dir):
             fail(f"another train.py run is writing to {output_dir}; wait for it to finish or stop it")
         raise
     return handle
-
-
-def list_checkpoints(output_dir):
-    """(global step, path) of the complete checkpoint folders, newest first. Temporary folders are named
-    differently, so they never show up here."""
-    found = []
-    for entry in os.listdir(output_dir):
-        match = CHECKPOINT_RE.match(entry)
-        if match and os.path.isdir(os.path.join(output_dir, entry)):
-            found.append((int(match.group(1)), os.path.join(output_dir, entry)))
-    return sorted(found, reverse=True)
-
-
-class CheckpointError(Exception):
-    pass
 
 
 def check_checkpoint_files(path):
@@ -449,18 +369,6 @@ def check_compatible(path, state, run_args):
     if saved.get("save_steps") != run_args["save_steps"]:
         print(f"--save-steps changed from {saved.get('save_steps')} to {run_args['save_steps']}: dropout is reseeded "
               "at the new checkpoint positions, so this run no longer repeats an uninterrupted one exactly")
-
-
-def quarantine(path):
-    """Rename a damaged checkpoint out of the checkpoint-<step> namespace, keeping it for inspection."""
-    parent, name = os.path.split(path)
-    target = os.path.join(parent, f"damaged-{name}")
-    suffix = 1
-    while os.path.lexists(target):
-        suffix += 1
-        target = os.path.join(parent, f"damaged-{name}-{suffix}")
-    os.rename(path, target)
-    return target
 
 
 def save_checkpoint(output_dir, model, optimizer, state, adalora):

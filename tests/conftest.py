@@ -52,7 +52,21 @@ TINY_CONFIGS = {
     "llama": lambda: transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
                                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                               max_position_embeddings=64, pad_token_id=0),
+    # 6 heads: ALiBi's slopes for a head count that is not a power of two
+    "bloom": lambda: transformers.BloomConfig(vocab_size=VOCAB, hidden_size=48, n_layer=2, n_head=6, pad_token_id=0,
+                                              num_labels=3),
+    "opt": lambda: transformers.OPTConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                                          num_attention_heads=4, word_embed_proj_dim=16, max_position_embeddings=64,
+                                          pad_token_id=0, num_labels=3),
+    "qwen2": lambda: transformers.Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                              max_position_embeddings=64, pad_token_id=0, num_labels=3),
+    "mistral": lambda: transformers.MistralConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                                  max_position_embeddings=64, sliding_window=4, pad_token_id=0),
 }
+# Families whose zero biases, unit norms and small weights get noise, so that every weight shows in the outputs.
+NOISY_FAMILIES = {"bloom", "opt", "qwen2", "mistral"}
 
 TORCH_CLASSES = {
     ("gpt2", "causal"): "GPT2LMHeadModel", ("gpt2", "seq_cls"): "GPT2ForSequenceClassification",
@@ -63,6 +77,11 @@ TORCH_CLASSES = {
     ("roberta", "qa"): "RobertaForQuestionAnswering", ("roberta", "base"): "RobertaModel",
     ("t5", "seq2seq"): "T5ForConditionalGeneration", ("mt5", "seq2seq"): "MT5ForConditionalGeneration",
     ("llama", "causal"): "LlamaForCausalLM",
+    ("bloom", "causal"): "BloomForCausalLM", ("bloom", "seq_cls"): "BloomForSequenceClassification",
+    ("bloom", "base"): "BloomModel", ("opt", "causal"): "OPTForCausalLM",
+    ("opt", "seq_cls"): "OPTForSequenceClassification", ("opt", "base"): "OPTModel",
+    ("qwen2", "causal"): "Qwen2ForCausalLM", ("qwen2", "seq_cls"): "Qwen2ForSequenceClassification",
+    ("qwen2", "base"): "Qwen2Model", ("mistral", "causal"): "MistralForCausalLM", ("mistral", "base"): "MistralModel",
 }
 
 
@@ -78,6 +97,10 @@ def tiny_model_dir(tmp_path_factory):
             if head == "qa":
                 config.num_labels = 2
             model = getattr(transformers, TORCH_CLASSES[(family, head)])(config).eval()
+            if family in NOISY_FAMILIES:
+                with torch.no_grad():
+                    for param in model.parameters():
+                        param.add_(0.1 * torch.randn_like(param))
             path = tmp_path_factory.mktemp(f"{family}_{head}")
             model.save_pretrained(path)
             cache[(family, head)] = str(path)

@@ -3,11 +3,14 @@ import os
 
 from ..utils.hub import resolve_folder
 from ..utils.io import read_json_object
-from . import bert, gpt2, llama, t5
+from . import bert, bloom, gpt2, llama, mistral, opt, qwen2, t5
+from . import segformer, vit, whisper
 from .configuration_utils import CONFIG_NAME, ConfigError
 
 CONFIG_MAPPING = {"gpt2": gpt2.GPT2Config, "bert": bert.BertConfig, "roberta": bert.RobertaConfig,
-                  "t5": t5.T5Config, "mt5": t5.MT5Config, "llama": llama.LlamaConfig}
+                  "t5": t5.T5Config, "mt5": t5.MT5Config, "llama": llama.LlamaConfig,
+                  "bloom": bloom.BloomConfig, "opt": opt.OPTConfig, "qwen2": qwen2.Qwen2Config,
+                  "mistral": mistral.MistralConfig}
 
 
 class _AutoModel:
@@ -62,11 +65,13 @@ class AutoConfig:
 
 class AutoModel(_AutoModel):
     mapping = {"gpt2": gpt2.GPT2Model, "bert": bert.BertModel, "roberta": bert.RobertaModel,
-               "llama": llama.LlamaModel}
+               "llama": llama.LlamaModel, "bloom": bloom.BloomModel, "opt": opt.OPTModel,
+               "qwen2": qwen2.Qwen2Model, "mistral": mistral.MistralModel}
 
 
 class AutoModelForCausalLM(_AutoModel):
-    mapping = {"gpt2": gpt2.GPT2LMHeadModel, "llama": llama.LlamaForCausalLM}
+    mapping = {"gpt2": gpt2.GPT2LMHeadModel, "llama": llama.LlamaForCausalLM, "bloom": bloom.BloomForCausalLM,
+               "opt": opt.OPTForCausalLM, "qwen2": qwen2.Qwen2ForCausalLM, "mistral": mistral.MistralForCausalLM}
 
 
 class AutoModelForSeq2SeqLM(_AutoModel):
@@ -75,7 +80,8 @@ class AutoModelForSeq2SeqLM(_AutoModel):
 
 class AutoModelForSequenceClassification(_AutoModel):
     mapping = {"gpt2": gpt2.GPT2ForSequenceClassification, "bert": bert.BertForSequenceClassification,
-               "roberta": bert.RobertaForSequenceClassification}
+               "roberta": bert.RobertaForSequenceClassification, "bloom": bloom.BloomForSequenceClassification,
+               "opt": opt.OPTForSequenceClassification, "qwen2": qwen2.Qwen2ForSequenceClassification}
 
 
 class AutoModelForTokenClassification(_AutoModel):
@@ -84,3 +90,20 @@ class AutoModelForTokenClassification(_AutoModel):
 
 class AutoModelForQuestionAnswering(_AutoModel):
     mapping = {"bert": bert.BertForQuestionAnswering, "roberta": bert.RobertaForQuestionAnswering}
+
+
+# Vision and speech families
+CONFIG_MAPPING.update({"vit": vit.ViTConfig, "segformer": segformer.SegformerConfig, "whisper": whisper.WhisperConfig})
+AutoModel.mapping.update({"vit": vit.ViTModel, "segformer": segformer.SegformerModel, "whisper": whisper.WhisperModel})
+
+
+class AutoModelForImageClassification(_AutoModel):
+    mapping = {"vit": vit.ViTForImageClassification}
+
+
+class AutoModelForSemanticSegmentation(_AutoModel):
+    mapping = {"segformer": segformer.SegformerForSemanticSegmentation}
+
+
+class AutoModelForSpeechSeq2Seq(_AutoModel):
+    mapping = {"whisper": whisper.WhisperForConditionalGeneration}

@@ -1,9 +1,25 @@
-"""Greedy and sampling ``generate`` with a key/value cache, for causal and seq2seq LM heads (PyNative)."""
+"""Greedy and sampling ``generate`` with a key/value cache, for causal and seq2seq LM heads.
+
+The prompt (prefill) runs once as usual; the decode steps then run as one compiled graph (``jit=True``) over a
+static cache: every cached key/value tensor is kept at a fixed length ``L`` with the real entries right-aligned
+and the empty slots on the left masked out. A step feeds the new token, the model appends its key/value (length
+``L + 1``) and the graph drops the leftmost (empty) slot, so shapes never change and the decode graph compiles
+once. Right alignment keeps the distance between any two cached entries equal to their distance in the text, so
+relative position schemes (T5 buckets, ALiBi, sliding windows) see what the growing cache shows them; absolute
+positions are passed as ``position_ids`` computed from the mask, as on the growing-cache path.
+"""
+import itertools
+import math
+
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor
 
+from ..utils.graph_state import graph_version
 from .model_outputs import check_model_inputs
+
+STATIC_CACHE_BUCKET = 32  # cache lengths are rounded up to a multiple of this, so nearby lengths share a graph
+_GRAPH_IDS = itertools.count()
 
 
 def _as_numpy(x):
@@ -38,14 +54,23 @@ def select_next_tokens(logits, do_sample, temperature, top_k, top_p, rng):
 
 
 class GenerationMixin:
-    """Adds ``generate`` to models whose forward returns ``logits`` and, with ``use_cache``, ``past_key_values``."""
+    """Adds ``generate`` to models whose forward returns ``logits`` and, with ``use_cache``, ``past_key_values``.
+
+    A model sets ``supports_static_cache = True`` when its decode step is right with the static cache: positions
+    taken from ``position_ids`` (causal) or from the attention mask / key distances, never from the cache length,
+    and a ``decoder_attention_mask`` honoured (seq2seq). Others decode in PyNative with a growing cache.
+    """
+
+    supports_static_cache = False
 
     def generate(self, input_ids=None, attention_mask=None, inputs_embeds=None, max_new_tokens=20,
                  do_sample=False, temperature=1.0, top_k=0, top_p=1.0, eos_token_id=None, pad_token_id=None,
-                 decoder_start_token_id=None, use_cache=True, seed=None, **model_kwargs):
+                 decoder_start_token_id=None, use_cache=True, seed=None, jit=True, **model_kwargs):
         """Generate up to ``max_new_tokens`` tokens. Decoder-only models return prompt + new ids (new ids only
         when prompted by ``inputs_embeds``); encoder-decoder models return decoder ids starting with the
-        decoder start token. Finished rows are padded with ``pad_token_id``."""
+        decoder start token. Finished rows are padded with ``pad_token_id``. With ``use_cache`` and ``jit`` the
+        decode steps run as one compiled graph over a static cache (see the module docstring), kept on the model
+        for later calls; ``jit=False`` runs them in PyNative with a growing cache (same ids)."""
         if input_ids is None and inputs_embeds is None:
             raise ValueError("generate needs input_ids or inputs_embeds")
         if max_new_tokens < 1:
@@ -59,14 +84,15 @@ class GenerationMixin:
         pad = 0 if pad is None else pad
         options = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
                        rng=np.random.default_rng(seed))
+        static = use_cache and jit and self.supports_static_cache
         was_training = self.training
         self.set_train(False)
         try:
             if self.config.is_encoder_decoder:
                 return self._generate_seq2seq(input_ids, attention_mask, inputs_embeds, max_new_tokens, eos, pad,
-                                              decoder_start_token_id, use_cache, options, model_kwargs)
+                                              decoder_start_token_id, use_cache, static, options, model_kwargs)
             return self._generate_causal(input_ids, attention_mask, inputs_embeds, max_new_tokens, eos, pad,
-                                         use_cache, options, model_kwargs)
+                                         use_cache, static, options, model_kwargs)
         finally:
             self.set_train(was_training)
 
@@ -87,8 +113,34 @@ class GenerationMixin:
                 break
         return np.stack(new_tokens, axis=1)
 
+    def _decode_graph(self, seq2seq):
+        """The compiled decode step over a static cache, rebuilt when adapter state changed since it was made
+        (MindSpore compiles it at its first call and again only for new input shapes)."""
+        key = (seq2seq, graph_version())
+        cached = self.__dict__.get("_decode_graph_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        model = self
+        if seq2seq:
+            def decode(decoder_input_ids, decoder_attention_mask, encoder_outputs, attention_mask, past_key_values):
+                out = model(attention_mask=attention_mask, encoder_outputs=encoder_outputs,
+                            decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
+                            past_key_values=past_key_values, use_cache=True)
+                return out["logits"][:, -1, :], _drop_oldest(out["past_key_values"])
+        else:
+            def decode(input_ids, attention_mask, position_ids, past_key_values):
+                out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            past_key_values=past_key_values, use_cache=True)
+                return out["logits"][:, -1, :], _drop_oldest(out["past_key_values"])
+        # The cache goes in as ms.mutable (a tuple of Tensors is otherwise a constant: one compile per step).
+        # A name of its own per build: MindSpore warns when a new jit object reuses a compiled function's name.
+        decode.__name__ = decode.__qualname__ = f"decode_{next(_GRAPH_IDS)}"
+        graph = ms.jit(decode)
+        self.__dict__["_decode_graph_cache"] = (key, graph)
+        return graph
+
     def _generate_causal(self, input_ids, attention_mask, inputs_embeds, max_new_tokens, eos, pad, use_cache,
-                         options, model_kwargs):
+                         static, options, model_kwargs):
         ids = _as_numpy(input_ids)
         embeds = inputs_embeds
         batch = ids.shape[0] if ids is not None else embeds.shape[0]
@@ -96,10 +148,18 @@ class GenerationMixin:
         mask = _as_numpy(attention_mask)
         mask = np.ones((batch, prompt_len), np.int64) if mask is None else mask.astype(np.int64)
         prefix_past = model_kwargs.pop("past_key_values", None)
-        state = {"ids": ids, "mask": mask, "past": None, "embeds": embeds}
+        state = {"ids": ids, "mask": mask, "past": None, "embeds": embeds, "graph": None}
         embed_layer = self.get_input_embeddings()
+        static = static and not model_kwargs and max_new_tokens > 1
 
         def step(last):
+            if state["graph"] is not None:
+                mask = np.concatenate([state["mask"], np.ones((batch, 1), np.int64)], 1)
+                positions = np.clip(mask.sum(1, keepdims=True) - 1, 0, None)
+                logits, state["past"] = state["graph"](Tensor(last[:, None], ms.int32), Tensor(mask, ms.int32),
+                                                       Tensor(positions, ms.int32), ms.mutable(state["past"]))
+                state["mask"] = mask[:, 1:]
+                return logits.asnumpy()
             if last is not None:
                 col = last[:, None]
                 state["mask"] = np.concatenate([state["mask"], np.ones((batch, 1), np.int64)], 1)
@@ -120,6 +180,12 @@ class GenerationMixin:
                        past_key_values=past, use_cache=use_cache, **kwargs)
             if use_cache:
                 state["past"] = out["past_key_values"]
+            if static:  # from now on: the compiled step over a static cache
+                filled = state["mask"].shape[1]
+                length = _static_length(filled, max_new_tokens)
+                state["past"] = _left_pad(state["past"], length)
+                state["mask"] = np.concatenate([np.zeros((batch, length - filled), np.int64), state["mask"]], 1)
+                state["graph"] = self._decode_graph(seq2seq=False)
             return out["logits"][:, -1, :].asnumpy()
 
         new = self._decode_loop(step, batch, max_new_tokens, eos, pad, options)
@@ -128,7 +194,7 @@ class GenerationMixin:
         return Tensor(np.concatenate([ids, new], 1).astype(np.int64))
 
     def _generate_seq2seq(self, input_ids, attention_mask, inputs_embeds, max_new_tokens, eos, pad,
-                          decoder_start_token_id, use_cache, options, model_kwargs):
+                          decoder_start_token_id, use_cache, static, options, model_kwargs):
         start = self.config.decoder_start_token_id if decoder_start_token_id is None else decoder_start_token_id
         start = pad if start is None else start
         if attention_mask is None:
@@ -137,10 +203,17 @@ class GenerationMixin:
         encoder_outputs = self.get_encoder()(input_ids=input_ids, attention_mask=attention_mask,
                                              inputs_embeds=inputs_embeds)["last_hidden_state"]
         batch = encoder_outputs.shape[0]
-        state = {"dec": np.full((batch, 1), start, np.int64), "past": None}
+        state = {"dec": np.full((batch, 1), start, np.int64), "past": None, "graph": None, "mask": None}
         prefix = model_kwargs.pop("prefix_key_values", None)
+        static = static and not model_kwargs and max_new_tokens > 1
 
         def step(last):
+            if state["graph"] is not None:
+                mask = np.concatenate([state["mask"], np.ones((batch, 1), np.int64)], 1)
+                logits, state["past"] = state["graph"](Tensor(last[:, None], ms.int32), Tensor(mask, ms.int32),
+                                                       encoder_outputs, attention_mask, ms.mutable(state["past"]))
+                state["mask"] = mask[:, 1:]
+                return logits.asnumpy()
             if last is not None:
                 state["dec"] = np.concatenate([state["dec"], last[:, None]], 1)
             dec = state["dec"][:, -1:] if (use_cache and last is not None) else state["dec"]
@@ -152,7 +225,39 @@ class GenerationMixin:
                        use_cache=use_cache, **kwargs)
             if use_cache:
                 state["past"] = out["past_key_values"]
+            if static:
+                filled = state["past"][0][0].shape[2]
+                length = _static_length(filled, max_new_tokens)
+                state["past"] = _left_pad(state["past"], length)
+                state["mask"] = np.concatenate([np.zeros((batch, length - filled), np.int64),
+                                                np.ones((batch, filled), np.int64)], 1)
+                state["graph"] = self._decode_graph(seq2seq=True)
             return out["logits"][:, -1, :].asnumpy()
 
         new = self._decode_loop(step, batch, max_new_tokens, eos, pad, options)
         return Tensor(np.concatenate([np.full((batch, 1), start, np.int64), new], 1))
+
+
+def _static_length(filled, new_tokens):
+    """Static cache length for ``filled`` cached positions and ``new_tokens`` to generate (the last one is never
+    fed back), rounded up to ``STATIC_CACHE_BUCKET``."""
+    needed = filled + new_tokens - 1
+    return int(math.ceil(needed / STATIC_CACHE_BUCKET)) * STATIC_CACHE_BUCKET
+
+
+def _left_pad(past, length):
+    """Each layer's self-attention key and value (its first two entries, (batch, heads, seq, dim)) padded with
+    zeros on the left of the sequence axis to ``length``; cross-attention entries are kept."""
+    def pad(tensor):
+        zeros = ms.ops.zeros(tensor.shape[:2] + (length - tensor.shape[2],) + tensor.shape[3:], tensor.dtype)
+        return ms.ops.cat([zeros, tensor], 2)
+
+    return tuple((pad(layer[0]), pad(layer[1])) + tuple(layer[2:]) for layer in past)
+
+
+def _drop_oldest(past):
+    """In the compiled step: each layer's self-attention key and value without their first (empty) slot."""
+    kept = ()
+    for layer in past:
+        kept = kept + ((layer[0][:, :, 1:], layer[1][:, :, 1:]) + layer[2:],)
+    return kept

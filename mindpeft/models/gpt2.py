@@ -90,6 +90,7 @@ class GPT2Block(nn.Cell):
 
 class GPT2PreTrainedModel(PreTrainedModel, GenerationMixin):
     config_class = GPT2Config
+    supports_static_cache = True
     base_model_prefix = "transformer"
     _tied_keys = ("lm_head.weight", ".attn.bias", ".attn.masked_bias")
 

@@ -9,6 +9,8 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.seed import _get_graph_seed
 import mindspore as ms
 
+from .model_outputs import NEG_INF
+
 
 def init_param(shape, std=0.02, name=None, dtype=np.float32):
     """A Parameter drawn from N(0, std) (std=0 gives zeros), using numpy's global RNG."""
@@ -122,6 +124,48 @@ class RMSNorm(nn.Cell):
         variance = ops.mean(h * h, -1, keep_dims=True)
         h = h * ops.rsqrt(variance + self.eps)
         return self.weight * h.astype(dtype)
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return ops.cat([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rotary_pos_emb(x, cos, sin):
+    return x * cos + rotate_half(x) * sin
+
+
+class RotaryEmbedding(nn.Cell):
+    """cos/sin tables of rotary position embedding (LLaMA, Qwen2, Mistral) for given position ids, shaped
+    (batch, 1, seq, head_dim); ``factor`` divides the frequencies (linear RoPE scaling)."""
+
+    def __init__(self, head_dim, theta=10000.0, factor=1.0):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+        self.inv_freq = Tensor((inv_freq / factor).astype(np.float32))
+
+    def construct(self, position_ids):
+        freqs = position_ids.astype(ms.float32).expand_dims(-1) * self.inv_freq
+        emb = ops.cat([freqs, freqs], axis=-1).expand_dims(1)
+        return ops.cos(emb), ops.sin(emb)
+
+
+def repeat_kv(x, n_rep):
+    """(batch, kv_heads, seq, dim) -> (batch, kv_heads * n_rep, seq, dim) for grouped-query attention."""
+    if n_rep == 1:
+        return x
+    batch, heads, seq, dim = x.shape
+    return ops.broadcast_to(x.expand_dims(2), (batch, heads, n_rep, seq, dim)).reshape(batch, heads * n_rep, seq, dim)
+
+
+def sliding_window_bias(q_len, kv_len, window):
+    """Additive bias (1, 1, q_len, kv_len) hiding the keys ``window`` or more positions before each query (query i
+    sits at key position ``i + kv_len - q_len``): sliding-window attention of Mistral and Qwen2, added to the causal
+    bias."""
+    rows = ops.arange(q_len).view(q_len, 1) + (kv_len - q_len)
+    cols = ops.arange(kv_len).view(1, kv_len)
+    return ops.select(cols > rows - window, ops.zeros((q_len, kv_len), ms.float32),
+                      ops.full((q_len, kv_len), NEG_INF, dtype=ms.float32)).view(1, 1, q_len, kv_len)
 
 
 def _uniform_real(seed0, seed1):

@@ -1,13 +1,16 @@
-"""LLaMA as MindSpore Cells, with HF module names (``model.layers.0.self_attn.q_proj``...)."""
+"""LLaMA as MindSpore Cells, with HF module names (``model.layers.0.self_attn.q_proj``...).
+
+Qwen2 and Mistral (``qwen2.py``, ``mistral.py``) subclass these Cells: they differ in projection biases and
+sliding-window attention.
+"""
 import math
 
-import numpy as np
-import mindspore as ms
-from mindspore import Tensor, nn, ops
+from mindspore import nn, ops
 
 from .configuration_utils import ConfigError, PretrainedConfig
 from .generation import GenerationMixin
-from .layers import Activation, Dropout, Embedding, Linear, RMSNorm, linear
+from .layers import (Activation, Dropout, Embedding, Linear, RMSNorm, RotaryEmbedding, apply_rotary_pos_emb, linear,
+                     repeat_kv, sliding_window_bias)
 from .model_outputs import (attention_bias, causal_lm_loss, check_model_inputs, merge_heads,
                             scaled_dot_product_attention, with_optional)
 from .modeling_utils import PreTrainedModel
@@ -37,45 +40,13 @@ class LlamaConfig(PretrainedConfig):
         if self.head_dim % 2:
             raise ConfigError(self.model_type, [f"head_dim={self.head_dim} must be even (rotary embeddings rotate "
                                                 "pairs of dimensions)"])
-        rope = dict(self.rope_parameters or self.rope_scaling or {})
+        rope = dict(self.rope_parameters or getattr(self, "rope_scaling", None) or {})
         self.rope_theta = rope.get("rope_theta", self.rope_theta)
         self.rope_type = rope.get("rope_type", rope.get("type", "default"))
         if self.rope_type not in ("default", "linear"):
-            raise ValueError(f"Unsupported rope type {self.rope_type!r}; mindpeft's LLaMA supports 'default' and "
-                             "'linear'")
+            raise ValueError(f"Unsupported rope type {self.rope_type!r}; mindpeft's {self.model_type} supports "
+                             "'default' and 'linear'")
         self.rope_factor = float(rope.get("factor", 1.0)) if self.rope_type == "linear" else 1.0
-
-
-def rotate_half(x):
-    half = x.shape[-1] // 2
-    return ops.cat([-x[..., half:], x[..., :half]], axis=-1)
-
-
-def apply_rotary_pos_emb(x, cos, sin):
-    return x * cos + rotate_half(x) * sin
-
-
-class LlamaRotaryEmbedding(nn.Cell):
-    """cos/sin tables of rotary position embedding for given position ids, shaped (batch, 1, seq, head_dim)."""
-
-    def __init__(self, config):
-        super().__init__()
-        dim = config.head_dim
-        inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
-        self.inv_freq = Tensor((inv_freq / config.rope_factor).astype(np.float32))
-
-    def construct(self, position_ids):
-        freqs = position_ids.astype(ms.float32).expand_dims(-1) * self.inv_freq
-        emb = ops.cat([freqs, freqs], axis=-1).expand_dims(1)
-        return ops.cos(emb), ops.sin(emb)
-
-
-def repeat_kv(x, n_rep):
-    """(batch, kv_heads, seq, dim) -> (batch, kv_heads * n_rep, seq, dim) for grouped-query attention."""
-    if n_rep == 1:
-        return x
-    batch, heads, seq, dim = x.shape
-    return ops.broadcast_to(x.expand_dims(2), (batch, heads, n_rep, seq, dim)).reshape(batch, heads * n_rep, seq, dim)
 
 
 class LlamaAttention(nn.Cell):
@@ -85,13 +56,18 @@ class LlamaAttention(nn.Cell):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         std = config.initializer_range
-        bias = config.attention_bias
-        self.q_proj = Linear(config.hidden_size, self.num_heads * self.head_dim, bias, std)
-        self.k_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias, std)
-        self.v_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias, std)
-        self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, bias, std)
+        qkv_bias, o_bias = self.projection_biases(config)
+        self.q_proj = Linear(config.hidden_size, self.num_heads * self.head_dim, qkv_bias, std)
+        self.k_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, qkv_bias, std)
+        self.v_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, qkv_bias, std)
+        self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, o_bias, std)
         self.attention_dropout = Dropout(config.attention_dropout)
         self.scale = 1.0 / math.sqrt(self.head_dim)
+
+    @staticmethod
+    def projection_biases(config):
+        """Whether the query/key/value projections and the output projection have biases."""
+        return config.attention_bias, config.attention_bias
 
     def project(self, proj, hidden_states, heads):
         batch, seq = hidden_states.shape[0], hidden_states.shape[1]
@@ -119,9 +95,10 @@ class LlamaMLP(nn.Cell):
     def __init__(self, config):
         super().__init__()
         std = config.initializer_range
-        self.gate_proj = Linear(config.hidden_size, config.intermediate_size, config.mlp_bias, std)
-        self.up_proj = Linear(config.hidden_size, config.intermediate_size, config.mlp_bias, std)
-        self.down_proj = Linear(config.intermediate_size, config.hidden_size, config.mlp_bias, std)
+        bias = getattr(config, "mlp_bias", False)  # a LLaMA key; Qwen2 and Mistral have no MLP biases
+        self.gate_proj = Linear(config.hidden_size, config.intermediate_size, bias, std)
+        self.up_proj = Linear(config.hidden_size, config.intermediate_size, bias, std)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias, std)
         self.act_fn = Activation(config.hidden_act)
 
     def construct(self, x):
@@ -129,9 +106,11 @@ class LlamaMLP(nn.Cell):
 
 
 class LlamaDecoderLayer(nn.Cell):
+    attention_class = LlamaAttention
+
     def __init__(self, config):
         super().__init__()
-        self.self_attn = LlamaAttention(config)
+        self.self_attn = self.attention_class(config)
         self.mlp = LlamaMLP(config)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -146,19 +125,28 @@ class LlamaDecoderLayer(nn.Cell):
 
 class LlamaPreTrainedModel(PreTrainedModel, GenerationMixin):
     config_class = LlamaConfig
+    supports_static_cache = True
     base_model_prefix = "model"
     _tied_keys = ("rotary_emb.inv_freq",)
 
 
 class LlamaModel(LlamaPreTrainedModel):
+    decoder_layer_class = LlamaDecoderLayer
+
     def __init__(self, config):
         super().__init__(config)
         self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, config.pad_token_id,
                                       config.initializer_range)
-        self.layers = nn.CellList([LlamaDecoderLayer(config) for _ in range(config.num_hidden_layers)])
+        self.layers = nn.CellList([self.decoder_layer_class(config) for _ in range(config.num_hidden_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.rotary_emb = LlamaRotaryEmbedding(config)
+        self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_factor)
         self.vocab_size = config.vocab_size
+        self.sliding_window, self.windowed_layers = self.attention_windows(config)
+
+    @staticmethod
+    def attention_windows(config):
+        """``(window, per-layer flags)``: the layers flagged attend only to the last ``window`` positions."""
+        return None, (False,) * config.num_hidden_layers
 
     def get_input_embeddings(self):
         return self.embed_tokens
@@ -175,11 +163,15 @@ class LlamaModel(LlamaPreTrainedModel):
             position_ids = ops.arange(past_len, past_len + seq_len).view(1, seq_len)
         cos, sin = self.rotary_emb(position_ids)
         bias = attention_bias(attention_mask, seq_len, past_len + seq_len, causal=True)
+        window_bias = None
+        if self.sliding_window is not None:
+            window_bias = bias + sliding_window_bias(seq_len, past_len + seq_len, self.sliding_window)
         hidden_states = inputs_embeds
         presents = ()
         for i, layer in enumerate(self.layers):
             layer_past = None if past_key_values is None else past_key_values[i]
-            hidden_states, present = layer(hidden_states, cos, sin, bias, layer_past, use_cache)
+            layer_bias = window_bias if self.windowed_layers[i] else bias
+            hidden_states, present = layer(hidden_states, cos, sin, layer_bias, layer_past, use_cache)
             if use_cache:
                 presents = presents + (present,)
         hidden_states = self.norm(hidden_states)
@@ -187,9 +179,11 @@ class LlamaModel(LlamaPreTrainedModel):
 
 
 class LlamaForCausalLM(LlamaPreTrainedModel):
+    model_class = LlamaModel
+
     def __init__(self, config):
         super().__init__(config)
-        self.model = LlamaModel(config)
+        self.model = self.model_class(config)
         self.tie_word_embeddings = config.tie_word_embeddings
         if not config.tie_word_embeddings:
             self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False, std=config.initializer_range)

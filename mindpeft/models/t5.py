@@ -295,6 +295,7 @@ class T5Stack(nn.Cell):
 
 class T5PreTrainedModel(PreTrainedModel, GenerationMixin):
     config_class = T5Config
+    supports_static_cache = True
     base_model_prefix = "transformer"
     _tied_keys = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 

@@ -13,6 +13,7 @@ from mindspore import nn
 
 from ..models.layers import Conv1D, Linear
 from ..models.modeling_utils import sync_parameter_names
+from ..utils.graph_state import bump_graph_version
 from ..utils.other import ModulesToSaveWrapper, get_submodules, replace_child, wrap_modules_to_save
 
 
@@ -78,6 +79,31 @@ def check_target_module_exists(config, key):
     if indexes is None or (isinstance(indexes, list) and not indexes):
         return True
     return _layer_index_matches(config, key)
+
+
+def named_references(model):
+    """``(key, parent, name, cell)`` for every place a Cell sits in ``model``; unlike ``cells_and_names`` a Cell
+    shared by several parents (T5's ``shared`` embedding, also ``encoder.embed_tokens``) is listed at each."""
+    found, visited = [], set()
+
+    def walk(cell, prefix):
+        if id(cell) in visited:
+            return
+        visited.add(id(cell))
+        for name, child in cell.name_cells().items():
+            if child is not None:
+                found.append((prefix + name, cell, name, child))
+                walk(child, f"{prefix}{name}.")
+
+    walk(model, "")
+    return found
+
+
+def replace_everywhere(model, replacements):
+    """Put ``replacements[id(cell)]`` wherever ``cell`` sits in ``model`` (shared Cells at every place)."""
+    for _, parent, name, cell in named_references(model):
+        if id(cell) in replacements:
+            replace_child(parent, name, replacements[id(cell)])
 
 
 def get_pattern_key(pattern_keys, key):
@@ -231,6 +257,7 @@ class BaseTuner(nn.Cell):
 
     def _bump(self):
         self.state_version += 1
+        bump_graph_version()
 
     def tuner_layers(self):
         """``(name, layer)`` of every adapter layer in the model."""
@@ -276,8 +303,11 @@ class BaseTuner(nn.Cell):
                              "the target modules and try again.")
         self.set_adapter(self.active_adapters)
         self._mark_only_adapters_as_trainable(model)
-        if config.modules_to_save:
+        if getattr(config, "modules_to_save", None):
             wrap_modules_to_save(model, config.modules_to_save, adapter_name, self.active_adapters[0])
+        if getattr(config, "trainable_token_indices", None) is not None:
+            from .trainable_tokens.model import add_trainable_tokens
+            add_trainable_tokens(model, config, adapter_name, self.active_adapters)
         if config.inference_mode:
             self._freeze_adapter(adapter_name)
         sync_parameter_names(model)
@@ -345,15 +375,14 @@ class BaseTuner(nn.Cell):
         self._bump()
 
     def _unload_and_optionally_merge(self, merge, safe_merge=False, adapter_names=None):
-        for key, layer in self.tuner_layers():
+        from .trainable_tokens.layer import TrainableTokensWrapper
+
+        for _, layer in self.tuner_layers():
             if merge:
                 layer.merge(adapter_names=adapter_names, safe_merge=safe_merge)
-            parent, _, name = get_submodules(self.model, key)
-            replace_child(parent, name, layer.get_base_layer())
-        for key, cell in list(self.model.cells_and_names()):
-            if isinstance(cell, ModulesToSaveWrapper):
-                parent, _, name = get_submodules(self.model, key)
-                replace_child(parent, name, cell.active_module())
+        replace_everywhere(self.model, {id(layer): layer.get_base_layer() for _, layer in self.tuner_layers()})
+        replace_everywhere(self.model, {id(cell): cell.active_module() for _, cell in self.model.cells_and_names()
+                                        if isinstance(cell, (ModulesToSaveWrapper, TrainableTokensWrapper))})
         sync_parameter_names(self.model)
         self._bump()
         return self.model

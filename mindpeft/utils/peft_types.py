@@ -21,6 +21,14 @@ class PeftType(str, enum.Enum):
     LN_TUNING = "LN_TUNING"
     LOHA = "LOHA"
     LOKR = "LOKR"
+    VERA = "VERA"
+    FOURIERFT = "FOURIERFT"
+    HRA = "HRA"
+    POLY = "POLY"
+    MULTITASK_PROMPT_TUNING = "MULTITASK_PROMPT_TUNING"
+    OFT = "OFT"
+    BOFT = "BOFT"
+    TRAINABLE_TOKENS = "TRAINABLE_TOKENS"
 
     @classmethod
     def _missing_(cls, value):

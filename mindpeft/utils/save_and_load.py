@@ -21,13 +21,13 @@ def remove_adapter_name(key, adapter_name):
 
 
 def _adapter_parameter_keys(model, adapter_name):
-    """``{model key: checkpoint key}`` of the parameters that belong to ``adapter_name``."""
-    from ..tuners.tuners_utils import BaseTunerLayer
-
+    """``{model key: checkpoint key}`` of the parameters that belong to ``adapter_name``: those named by each Cell's
+    ``adapter_parameter_names`` (tuner layers, and model-wide adapter state such as VeRA's shared projections) and
+    the ``modules_to_save`` copies."""
     params = dict(model.parameters_and_names())
     mapping = {}
     for cell_name, cell in model.cells_and_names():
-        if isinstance(cell, BaseTunerLayer):
+        if hasattr(cell, "adapter_parameter_names"):
             for relative in cell.adapter_parameter_names(adapter_name):
                 prefix = f"{cell_name}.{relative}"
                 for key in params:
@@ -49,7 +49,7 @@ def _bias_keys(model, config):
     if bias == "all":
         return [n for n, _ in model.parameters_and_names() if n.endswith(".bias") and ".modules_to_save." not in n
                 and ".original_module." not in n]
-    if bias == "lora_only":
+    if bias.endswith("_only"):  # lora_only, vera_only, ...: the biases of the adapted layers
         names = dict(model.parameters_and_names())
         return [f"{cell_name}.base_layer.bias" for cell_name, cell in model.cells_and_names()
                 if isinstance(cell, BaseTunerLayer) and f"{cell_name}.base_layer.bias" in names]
@@ -64,18 +64,59 @@ def _embedding_base_keys(model, config):
     return [n for n, _ in model.parameters_and_names() if any(f".{e}.base_layer." in n for e in EMBEDDING_LAYER_NAMES)]
 
 
-def get_peft_model_state_dict(model, adapter_name="default"):
-    """``{HF peft key: numpy array}`` of the adapter ``adapter_name`` of a PeftModel."""
+def _tied_head_aliases(model, adapter_name):
+    """``{checkpoint key: model key}`` of the rows HF peft saves once more under each module tied to a
+    trainable-tokens embedding (``lm_head.trainable_tokens_delta`` next to ``wte.trainable_tokens_delta``)."""
+    params = dict(model.parameters_and_names())
+    aliases = {}
+    for cell_name, cell in model.cells_and_names():
+        heads, layer_key = getattr(cell, "tied_head_keys", ()), getattr(cell, "layer_key", None)
+        model_key = f"{cell_name}.trainable_tokens_delta.{adapter_name}"
+        if heads and model_key in params and cell_name.endswith(layer_key):
+            root = cell_name[: len(cell_name) - len(layer_key)]
+            aliases.update((f"{root}{head}.trainable_tokens_delta", model_key) for head in heads)
+    return aliases
+
+
+def _tuner(model):
+    """The tuner (``BaseTuner``) of a PeftModel of a layer-injecting method; ``None`` for prompt learning and for a
+    plain Cell that ``inject_adapter_in_model`` gave adapters."""
+    from ..tuners.tuners_utils import BaseTuner
+
+    tuner = getattr(model, "base_model", None)
+    return tuner if isinstance(tuner, BaseTuner) else None
+
+
+def get_peft_model_state_dict(model, state_dict=None, adapter_name="default"):
+    """``{HF peft key: numpy array}`` of the adapter ``adapter_name`` of ``model``: a PeftModel, or a Cell given
+    adapters by :func:`mindpeft.inject_adapter_in_model` (its keys then start at the Cell, as in HF peft).
+
+    ``state_dict`` (``{model parameter name: array}``, as ``parameters_and_names`` names them) supplies the values
+    instead of the model's own. A string second argument is read as ``adapter_name`` (mindpeft's earlier order).
+    """
+    if isinstance(state_dict, str):
+        state_dict, adapter_name = None, state_dict
     config = model.peft_config[adapter_name]
     params = dict(model.parameters_and_names())
-    out = {ck: to_numpy(params[mk]) for mk, ck in _adapter_parameter_keys(model, adapter_name).items()}
+    values = {k: to_numpy(p) for k, p in params.items()} if state_dict is None else {
+        k: np.asarray(v.asnumpy() if hasattr(v, "asnumpy") else v) for k, v in state_dict.items()}
+    out = {ck: values[mk] for mk, ck in _adapter_parameter_keys(model, adapter_name).items()}
+    out.update((ck, values[mk]) for ck, mk in _tied_head_aliases(model, adapter_name).items())
     for key in _bias_keys(model, config) + _embedding_base_keys(model, config):
-        out[key] = to_numpy(params[key])
+        out[key] = values[key]
     if config.is_prompt_learning:
         out[PROMPT_EMBEDDINGS_KEY] = model.get_prompt_embedding_to_save(adapter_name)
-    else:
-        out = model.base_model._postprocess_state_dict(out, adapter_name)
+        out.update((key, to_numpy(param)) for key, param in _prompt_encoder_extras(model, adapter_name).items())
+    elif _tuner(model) is not None:
+        out = _tuner(model)._postprocess_state_dict(out, adapter_name)
     return out
+
+
+def _prompt_encoder_extras(model, adapter_name):
+    """``{checkpoint key: Parameter}`` a prompt encoder saves besides ``prompt_embeddings`` (multitask prompt
+    tuning's ``prefix_task_cols``/``prefix_task_rows``)."""
+    encoder = model.prompt_encoder[adapter_name]
+    return encoder.extra_checkpoint_parameters() if hasattr(encoder, "extra_checkpoint_parameters") else {}
 
 
 def _owned_keys(model, config, adapter_name):
@@ -86,6 +127,8 @@ def _owned_keys(model, config, adapter_name):
     if config.is_prompt_learning:
         owned[PROMPT_EMBEDDINGS_KEY] = model.prompt_encoder[adapter_name].embedding.weight
         required[PROMPT_EMBEDDINGS_KEY] = [PROMPT_EMBEDDINGS_KEY]
+        for key, param in _prompt_encoder_extras(model, adapter_name).items():
+            owned[key], required[key] = param, [key]
     for mk, ck in _adapter_parameter_keys(model, adapter_name).items():
         aliases = [ck]
         if ".modules_to_save." in mk:  # older HF peft wrote "<module>.modules_to_save.<param>"; bias="all" the key
@@ -93,6 +136,7 @@ def _owned_keys(model, config, adapter_name):
             aliases += [f"{module}.modules_to_save.{rest}", mk]
         required[mk] = aliases
         owned.update((alias, params[mk]) for alias in aliases)
+    owned.update((alias, params[mk]) for alias, mk in _tied_head_aliases(model, adapter_name).items())
     for key in _bias_keys(model, config):
         required[key] = [key]
         owned[key] = params[key]
@@ -114,22 +158,24 @@ def non_finite_keys(state_dict):
             if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()]
 
 
-def set_peft_model_state_dict(model, state_dict, adapter_name="default", strict=True):
-    """Copy a checkpoint ``{HF peft key: array}`` into ``adapter_name``'s parameters; returns the model keys of
-    adapter parameters the checkpoint lacks (empty unless ``strict=False``).
+def set_peft_model_state_dict(model, state_dict, adapter_name="default", ignore_mismatched_sizes=False, strict=True):
+    """Copy a checkpoint ``{HF peft key: array}`` into ``adapter_name``'s parameters (of a PeftModel, or of a Cell
+    given adapters by :func:`mindpeft.inject_adapter_in_model`); returns the model keys of adapter parameters the
+    checkpoint lacks (empty unless ``strict=False``).
 
     Everything is checked before anything is assigned, and a ``ValueError`` names the keys at fault: NaN or
     infinite values and shape mismatches always raise; so do, unless ``strict=False`` (then they are skipped, or
     keep their initial values, with a warning), tensors the adapter's config promises but the checkpoint lacks,
     keys matching no parameter, and base model weights the adapter does not own (not its own parameters,
     ``modules_to_save`` copies, ``bias`` biases or targeted embeddings), which are never overwritten.
+    ``ignore_mismatched_sizes=True`` (HF peft's option) skips tensors of another shape with a warning instead.
     """
     config = model.peft_config[adapter_name]
     bad_values = non_finite_keys(state_dict)
     if bad_values:
         raise ValueError(f"The adapter checkpoint holds NaN or infinite values in {_shorten(bad_values)}")
-    if not config.is_prompt_learning:
-        model.base_model._prepare_for_loading(adapter_name)
+    if _tuner(model) is not None:
+        _tuner(model)._prepare_for_loading(adapter_name)
     owned, required = _owned_keys(model, config, adapter_name)
     model_keys = {k.replace(".base_layer.", ".").replace(".original_module.", ".")
                   for k, _ in model.parameters_and_names()}
@@ -143,8 +189,10 @@ def set_peft_model_state_dict(model, state_dict, adapter_name="default", strict=
                               f"expects {tuple(param.shape)}")
         else:
             plan.append((param, value, key))
-    if mismatched:
+    if mismatched and not ignore_mismatched_sizes:
         raise ValueError("; ".join(mismatched))
+    if mismatched:
+        warnings.warn("Skipped (ignore_mismatched_sizes=True): " + "; ".join(mismatched))
     missing = [mk for mk, aliases in required.items() if not any(a in state_dict for a in aliases)]
     problems = []
     if unknown:

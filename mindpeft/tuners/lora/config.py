@@ -34,7 +34,11 @@ class LoraConfig(PeftConfig):
         default=None, metadata={"help": "Name of the layer list, e.g. 'h' or 'layers', used with layers_to_transform"})
     rank_pattern: Optional[dict] = field(default_factory=dict, metadata={"help": "Per-module rank overrides (regex)"})
     alpha_pattern: Optional[dict] = field(default_factory=dict, metadata={"help": "Per-module alpha overrides"})
-    use_dora: bool = field(default=False, metadata={"help": "DoRA (not supported by mindpeft)"})
+    use_dora: bool = field(
+        default=False, metadata={"help": "DoRA: a trained magnitude per output feature (lora_magnitude_vector) "
+                                         "rescales the LoRA-adapted weight"})
+    lora_bias: bool = field(
+        default=False, metadata={"help": "Give lora_B a bias (merging adds it into the base layer's bias)"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -50,7 +54,7 @@ class LoraConfig(PeftConfig):
         check_names(self, "modules_to_save", keep_str=False, as_set=False)
         check_names(self, "layers_pattern", as_set=False)
         self._check_layers_to_transform()
-        for name in ("fan_in_fan_out", "use_rslora", "use_dora"):
+        for name in ("fan_in_fan_out", "use_rslora", "use_dora", "lora_bias"):
             check_bool(self, name)
         if self.bias not in ("none", "all", "lora_only"):
             raise ValueError(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
@@ -58,8 +62,12 @@ class LoraConfig(PeftConfig):
         if not isinstance(init, (bool, str)) or init not in INIT_LORA_WEIGHTS_CHOICES:
             raise ValueError(f"init_lora_weights={self.init_lora_weights!r} is not supported by mindpeft; "
                              f"choose from {INIT_LORA_WEIGHTS_CHOICES}")
-        if self.use_dora:
-            raise ValueError("use_dora=True (DoRA) is not supported by mindpeft")
+        if self.lora_bias:
+            if self.init_lora_weights not in (True, False):
+                raise ValueError(f"The argument lora_bias=True is only supported with init_lora_weights=True or "
+                                 f"False, got init_lora_weights={self.init_lora_weights} instead.")
+            if self.use_dora:
+                raise ValueError("The argument lora_bias=True is not supported for DoRA, please pass use_dora=False")
         if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
             raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str.")
         if isinstance(self.target_modules, str) and self.layers_pattern is not None:
@@ -68,6 +76,19 @@ class LoraConfig(PeftConfig):
             raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified.")
         self._check_rank_pattern()
         check_mapping(self, "alpha_pattern", is_number, "finite ints or floats")
+        self._custom_modules = None
+
+    def _register_custom_module(self, mapping):
+        """Have LoRA wrap the layer classes of ``mapping`` (``{layer class: LoRA layer class}``, HF peft's
+        experimental API), consulted before mindpeft's own mapping. A LoRA layer class is built as
+        ``cls(base_layer, adapter_name, config=config, r=r, lora_alpha=lora_alpha)`` and gets further adapters
+        through ``update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config)``, as
+        :class:`mindpeft.tuners.lora.layer.Linear` does."""
+        if not isinstance(mapping, dict) or not all(isinstance(k, type) and isinstance(v, type)
+                                                    for k, v in mapping.items()):
+            raise ValueError(f"_register_custom_module expects a dict mapping layer classes to LoRA layer classes, "
+                             f"got {describe(mapping)}")
+        self._custom_modules = {**(self._custom_modules or {}), **mapping}
 
     def _check_layers_to_transform(self):
         value = self.layers_to_transform

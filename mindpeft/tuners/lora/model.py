@@ -8,7 +8,7 @@ from ...models.modeling_utils import write_parameter
 from ...utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from ...utils.other import ModulesToSaveWrapper, replace_child
 from ..tuners_utils import BaseTuner, get_pattern_key
-from .layer import LoraLayer, dispatch_lora_layer
+from .layer import LoraLayer, MultiheadAttention, dispatch_lora_layer
 
 
 class LoraModel(BaseTuner):
@@ -23,8 +23,7 @@ class LoraModel(BaseTuner):
         r = config.rank_pattern[rank_key] if rank_key else config.r
         alpha = config.alpha_pattern[alpha_key] if alpha_key else config.lora_alpha
         if isinstance(target, LoraLayer):
-            target.update_layer(adapter_name, r, alpha, config.lora_dropout, config.init_lora_weights,
-                                config.use_rslora)
+            target.update_layer(adapter_name, r, lora_alpha=alpha, config=config)
         else:
             replace_child(parent, target_name, dispatch_lora_layer(target, adapter_name, config, r, alpha))
 
@@ -44,10 +43,20 @@ class LoraModel(BaseTuner):
                     if getattr(base, "bias", None) is not None:
                         base.bias.requires_grad = True
 
+    def _unload_and_optionally_merge(self, merge, safe_merge=False, adapter_names=None):
+        # A MultiheadAttention layer holds its out_proj's LoRA layer inside its base layer: that one goes first.
+        for _, layer in self.tuner_layers():
+            if isinstance(layer, MultiheadAttention):
+                layer.release_out_proj(merge, safe_merge, adapter_names)
+        return super()._unload_and_optionally_merge(merge, safe_merge, adapter_names)
+
     def _check_add_weighted_adapter(self, adapters, combination_type, svd_rank):
         for adapter in adapters:
             if adapter not in self.peft_config:
                 raise ValueError(f"Adapter {adapter} does not exist")
+            if self.peft_config[adapter].use_dora or self.peft_config[adapter].lora_bias:
+                raise ValueError(f"add_weighted_adapter combines plain LoRA adapters only; adapter {adapter!r} uses "
+                                 "use_dora=True or lora_bias=True")
         wrappers = [c for _, c in self.model.cells_and_names() if isinstance(c, ModulesToSaveWrapper)]
         if any(sum(a in w.adapter_names() for a in adapters) > 1 for w in wrappers):
             raise ValueError("Cannot add weighted adapters if they target the same module with modules_to_save")
@@ -103,7 +112,8 @@ class LoraModel(BaseTuner):
             if not present:
                 continue
             if combination_type == "svd":
-                new_a, new_b = self._svd_combination(layer, present, new_rank, svd_clamp, svd_full_matrices)
+                new_a, new_b = self._svd_combination(layer, present, new_rank, svd_clamp, svd_full_matrices,
+                                                     a_param.shape, b_param.shape)
             else:
                 new_a, new_b = self._factor_combination(layer, present, combination_type, a_param.shape,
                                                         b_param.shape)
@@ -138,15 +148,16 @@ class LoraModel(BaseTuner):
         return new_a, new_b
 
     @staticmethod
-    def _svd_combination(layer, present, new_rank, clamp, full_matrices):
+    def _svd_combination(layer, present, new_rank, clamp, full_matrices, a_shape, b_shape):
         delta = sum(w * layer.delta_weight(a).astype(np.float64) for a, w in present)
         if getattr(layer, "fan_in_fan_out", False) or present[0][0] in layer.lora_embedding_A:
             delta = delta.T
+        delta = delta.reshape(delta.shape[0], -1)  # convolutions: (out, in * kernel)
         u, s, vh = np.linalg.svd(delta, full_matrices=full_matrices)
         u = u[:, :new_rank] @ np.diag(s[:new_rank])
         vh = vh[:new_rank, :]
         if clamp is not None:
             high = np.quantile(np.concatenate([u.ravel(), vh.ravel()]), clamp)
             u, vh = np.clip(u, -high, high), np.clip(vh, -high, high)
-        return vh, u
+        return vh.reshape(a_shape), u.reshape(b_shape)
 

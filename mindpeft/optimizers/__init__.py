@@ -1,0 +1,1 @@
+from .loraplus import create_loraplus_optimizer, loraplus_parameter_groups
