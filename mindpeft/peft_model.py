@@ -62,10 +62,26 @@ class PeftModel(ModelOutputMixin, nn.Cell):
                 raise
             return getattr(self.base_model, name)
 
-    def construct(self, *args, **kwargs):
+    def construct(self, *args, adapter_names=None, **kwargs):
+        if adapter_names is not None:  # a mixed adapter batch: one adapter per row ("__base__": none)
+            return self._mixed_batch_call(adapter_names, args, kwargs)
         if self._is_prompt_learning and not self._prompts_disabled:
             return self._prompt_forward(*args, **kwargs)
         return self.base_model(*args, **kwargs)
+
+    def _mixed_batch_call(self, adapter_names, args, kwargs):
+        with self._mixed_adapter_batch(adapter_names, args, kwargs):
+            return self.construct(*args, **kwargs)
+
+    def _mixed_adapter_batch(self, adapter_names, args, kwargs):
+        """The tuner's ``mixed_adapter_batch`` context for a call with ``args``/``kwargs`` (see
+        :meth:`mindpeft.tuners.lora.LoraModel.mixed_adapter_batch`)."""
+        from .tuners.lora.mixed_batch import batch_size_of
+
+        if self._is_prompt_learning or not hasattr(self.base_model, "mixed_adapter_batch"):
+            raise ValueError(f"adapter_names (mixed adapter batches) needs LoRA adapters; this model's are "
+                             f"{self.peft_type.value}")
+        return self.base_model.mixed_adapter_batch(adapter_names, batch_size_of(args, kwargs))
 
     def _prompt_forward(self, *args, **kwargs):
         raise ValueError(f"{type(self).__name__} does not support prompt learning; use get_peft_model with a "
@@ -290,9 +306,14 @@ class PeftModel(ModelOutputMixin, nn.Cell):
         return self.prompt_encoder[adapter_name](ops.arange(count).view(1, count))[0].asnumpy()
 
     # ----- saving and loading ------------------------------------------------------------------------
-    def save_pretrained(self, save_directory, selected_adapters=None, **kwargs):
+    def save_pretrained(self, save_directory, selected_adapters=None, path_initial_model_for_weight_conversion=None,
+                        **kwargs):
         """Write ``adapter_config.json`` + ``adapter_model.safetensors`` per adapter (non-default adapters go
         into a sub-folder named after them), readable by HF peft.
+
+        ``path_initial_model_for_weight_conversion``: the folder a PiSSA/OLoRA adapter was saved to right after
+        ``get_peft_model``; the adapter is then saved as a plain LoRA adapter (rank 2r) for the original base
+        weights, as HF peft does (see :meth:`mindpeft.tuners.lora.LoraModel.convert_mutated_adapter`).
 
         Every config is serialised before anything is written, and the folder is replaced as a whole (see
         :func:`mindpeft.utils.io.atomic_directory`): at every instant it holds all the old files or all the new.
@@ -314,8 +335,15 @@ class PeftModel(ModelOutputMixin, nn.Cell):
             if name != "default" and (os.path.basename(name) != name or name in ("", ".", "..")):
                 raise ValueError(f"Adapter {name!r} cannot be saved: its name is not a valid folder name")
             weights = get_peft_model_state_dict(self, adapter_name=name)
+            converted = {}
+            if path_initial_model_for_weight_conversion is not None:
+                weights, converted = self._tuner("path_initial_model_for_weight_conversion").convert_mutated_adapter(
+                    self, name, weights, path_initial_model_for_weight_conversion)
             try:
-                text = self.peft_config[name].to_json_string(**{**kwargs, "inference_mode": True})
+                overrides = {**converted, "inference_mode": True}
+                if self.peft_config[name].task_type is None:
+                    overrides["auto_mapping"] = self._auto_mapping()
+                text = self.peft_config[name].to_json_string(**{**kwargs, **overrides})
             except (TypeError, ValueError) as err:
                 raise type(err)(f"Adapter {name!r} config cannot be saved as JSON: {err}") from None
             files["" if name == "default" else name] = (weights, text)
@@ -324,6 +352,16 @@ class PeftModel(ModelOutputMixin, nn.Cell):
                 out_dir = os.path.join(staging, folder)
                 save_peft_weights(weights, out_dir)
                 write_text(os.path.join(out_dir, CONFIG_NAME), text)
+
+    def _auto_mapping(self):
+        """HF peft's ``auto_mapping`` for adapters without a task type, which its ``AutoPeftModel`` reads to rebuild
+        the base model: a ``mindpeft.models.<family>`` class is named by its transformers module."""
+        cls = type(self.get_base_model())
+        module = cls.__module__
+        if module.startswith("mindpeft.models."):
+            family = module.rsplit(".", 1)[-1]
+            module = f"transformers.models.{family}.modeling_{family}"
+        return {"base_model_class": cls.__name__, "parent_library": module}
 
     @classmethod
     def from_pretrained(cls, model, model_id, adapter_name="default", is_trainable=False, config=None, strict=True,
@@ -381,7 +419,10 @@ class PeftModel(ModelOutputMixin, nn.Cell):
             self.set_train(False)
 
     # ----- inference ---------------------------------------------------------------------------------
-    def generate(self, *args, **kwargs):
+    def generate(self, *args, adapter_names=None, **kwargs):
+        if adapter_names is not None:  # every forward of the generation runs the mixed adapter batch
+            with self._mixed_adapter_batch(adapter_names, args, kwargs):
+                return self.get_base_model().generate(*args, adapter_names=adapter_names, **kwargs)
         if self._is_prompt_learning and not self._prompts_disabled:
             return self._prompt_generate(*args, **kwargs)
         if not self._is_prompt_learning and hasattr(type(self.base_model), "generate"):  # Poly: routes task_ids

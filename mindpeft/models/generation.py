@@ -7,6 +7,10 @@ and the empty slots on the left masked out. A step feeds the new token, the mode
 once. Right alignment keeps the distance between any two cached entries equal to their distance in the text, so
 relative position schemes (T5 buckets, ALiBi, sliding windows) see what the growing cache shows them; absolute
 positions are passed as ``position_ids`` computed from the mask, as on the growing-cache path.
+
+A mixed adapter batch (``PeftModel.generate(..., adapter_names=...)``) has a decode graph of its own: the LoRA layers
+read the per-row adapter numbers from a Parameter (an input of the graph), so other ``adapter_names`` of the same
+batch size reuse it.
 """
 import itertools
 import math
@@ -65,14 +69,22 @@ class GenerationMixin:
 
     def generate(self, input_ids=None, attention_mask=None, inputs_embeds=None, max_new_tokens=20,
                  do_sample=False, temperature=1.0, top_k=0, top_p=1.0, eos_token_id=None, pad_token_id=None,
-                 decoder_start_token_id=None, use_cache=True, seed=None, jit=True, **model_kwargs):
+                 decoder_start_token_id=None, use_cache=True, seed=None, jit=True, adapter_names=None,
+                 **model_kwargs):
         """Generate up to ``max_new_tokens`` tokens. Decoder-only models return prompt + new ids (new ids only
         when prompted by ``inputs_embeds``); encoder-decoder models return decoder ids starting with the
         decoder start token. Finished rows are padded with ``pad_token_id``. With ``use_cache`` and ``jit`` the
         decode steps run as one compiled graph over a static cache (see the module docstring), kept on the model
-        for later calls; ``jit=False`` runs them in PyNative with a growing cache (same ids)."""
+        for later calls; ``jit=False`` runs them in PyNative with a growing cache (same ids).
+
+        ``adapter_names`` (one adapter per row, ``"__base__"`` for none) is given by ``PeftModel.generate``, which
+        puts the LoRA layers into mixed-batch mode around this call; here it selects the mixed decode graph."""
         if input_ids is None and inputs_embeds is None:
             raise ValueError("generate needs input_ids or inputs_embeds")
+        batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        if adapter_names is not None and len(adapter_names) != batch:
+            raise ValueError("Length of `adapter_names` should be the same as the number of inputs, but got "
+                             f"{len(adapter_names)} and {batch} respectively.")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         prefix_past = None if self.config.is_encoder_decoder else model_kwargs.get("past_key_values")
@@ -85,14 +97,16 @@ class GenerationMixin:
         options = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
                        rng=np.random.default_rng(seed))
         static = use_cache and jit and self.supports_static_cache
+        variant = "plain" if adapter_names is None else "mixed"
         was_training = self.training
         self.set_train(False)
         try:
             if self.config.is_encoder_decoder:
                 return self._generate_seq2seq(input_ids, attention_mask, inputs_embeds, max_new_tokens, eos, pad,
-                                              decoder_start_token_id, use_cache, static, options, model_kwargs)
+                                              decoder_start_token_id, use_cache, static, options, model_kwargs,
+                                              variant)
             return self._generate_causal(input_ids, attention_mask, inputs_embeds, max_new_tokens, eos, pad,
-                                         use_cache, static, options, model_kwargs)
+                                         use_cache, static, options, model_kwargs, variant)
         finally:
             self.set_train(was_training)
 
@@ -113,12 +127,13 @@ class GenerationMixin:
                 break
         return np.stack(new_tokens, axis=1)
 
-    def _decode_graph(self, seq2seq):
-        """The compiled decode step over a static cache, rebuilt when adapter state changed since it was made
-        (MindSpore compiles it at its first call and again only for new input shapes)."""
-        key = (seq2seq, graph_version())
-        cached = self.__dict__.get("_decode_graph_cache")
-        if cached is not None and cached[0] == key:
+    def _decode_graph(self, seq2seq, variant):
+        """The compiled decode step over a static cache for ``variant`` (``"plain"``, or ``"mixed"`` for mixed adapter
+        batches), rebuilt when adapter state changed since it was made (MindSpore compiles it at its first call and
+        again only for new input shapes)."""
+        cache = self.__dict__.setdefault("_decode_graph_cache", {})
+        cached = cache.get((seq2seq, variant))
+        if cached is not None and cached[0] == graph_version():
             return cached[1]
         model = self
         if seq2seq:
@@ -136,11 +151,11 @@ class GenerationMixin:
         # A name of its own per build: MindSpore warns when a new jit object reuses a compiled function's name.
         decode.__name__ = decode.__qualname__ = f"decode_{next(_GRAPH_IDS)}"
         graph = ms.jit(decode)
-        self.__dict__["_decode_graph_cache"] = (key, graph)
+        cache[(seq2seq, variant)] = (graph_version(), graph)
         return graph
 
     def _generate_causal(self, input_ids, attention_mask, inputs_embeds, max_new_tokens, eos, pad, use_cache,
-                         static, options, model_kwargs):
+                         static, options, model_kwargs, variant="plain"):
         ids = _as_numpy(input_ids)
         embeds = inputs_embeds
         batch = ids.shape[0] if ids is not None else embeds.shape[0]
@@ -185,7 +200,7 @@ class GenerationMixin:
                 length = _static_length(filled, max_new_tokens)
                 state["past"] = _left_pad(state["past"], length)
                 state["mask"] = np.concatenate([np.zeros((batch, length - filled), np.int64), state["mask"]], 1)
-                state["graph"] = self._decode_graph(seq2seq=False)
+                state["graph"] = self._decode_graph(False, variant)
             return out["logits"][:, -1, :].asnumpy()
 
         new = self._decode_loop(step, batch, max_new_tokens, eos, pad, options)
@@ -194,7 +209,7 @@ class GenerationMixin:
         return Tensor(np.concatenate([ids, new], 1).astype(np.int64))
 
     def _generate_seq2seq(self, input_ids, attention_mask, inputs_embeds, max_new_tokens, eos, pad,
-                          decoder_start_token_id, use_cache, static, options, model_kwargs):
+                          decoder_start_token_id, use_cache, static, options, model_kwargs, variant="plain"):
         start = self.config.decoder_start_token_id if decoder_start_token_id is None else decoder_start_token_id
         start = pad if start is None else start
         if attention_mask is None:
@@ -231,7 +246,7 @@ class GenerationMixin:
                 state["past"] = _left_pad(state["past"], length)
                 state["mask"] = np.concatenate([np.zeros((batch, length - filled), np.int64),
                                                 np.ones((batch, filled), np.int64)], 1)
-                state["graph"] = self._decode_graph(seq2seq=True)
+                state["graph"] = self._decode_graph(True, variant)
             return out["logits"][:, -1, :].asnumpy()
 
         new = self._decode_loop(step, batch, max_new_tokens, eos, pad, options)

@@ -99,7 +99,7 @@ def write_parameter(param, value):
     compiled earlier see it (measured on MindSpore 2.10: ``Parameter.set_data`` swaps the storage, and a compiled
     ``mindspore.jit`` function keeps reading the old one); another shape: new storage."""
     value = value.asnumpy() if isinstance(value, Tensor) else np.asarray(value)
-    tensor = Tensor(np.ascontiguousarray(value, dtype=numpy_dtype(param.dtype)), dtype=param.dtype)
+    tensor = Tensor(np.require(value, numpy_dtype(param.dtype), "C"), dtype=param.dtype)  # keeps 0-d shapes
     if tuple(tensor.shape) == tuple(param.shape):
         param.copy_(tensor)
     else:
@@ -268,7 +268,7 @@ class PreTrainedModel(ModelOutputMixin, nn.Cell):
         """Write ``config.json`` and ``model.safetensors`` with HF key names, replacing the folder as a whole
         (see :func:`mindpeft.utils.io.atomic_directory`)."""
         config_text = self.config.to_json_string()
-        tensors = {k: np.ascontiguousarray(v) for k, v in self.state_dict().items()}
+        tensors = {k: np.require(v, requirements="C") for k, v in self.state_dict().items()}  # keeps 0-d shapes
         with atomic_directory(save_directory) as staging:
             write_text(os.path.join(staging, CONFIG_NAME), config_text)
             save_file(tensors, os.path.join(staging, WEIGHTS_NAME), metadata={"format": "pt"})

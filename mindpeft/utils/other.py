@@ -32,6 +32,14 @@ def replace_child(parent, name, new_child):
         setattr(parent, name, new_child)
 
 
+# Parameters that torch keeps as buffers (batch-norm statistics): copied and saved, never trained.
+BUFFER_NAMES = ("running_mean", "running_var", "num_batches_tracked", "moving_mean", "moving_variance")
+
+
+def _trainable_parameters(module):
+    return [p for p in module.get_parameters() if p.name.rsplit(".", 1)[-1] not in BUFFER_NAMES]
+
+
 class ModulesToSaveWrapper(nn.Cell):
     """Keeps ``original_module`` frozen and trains one copy per adapter in ``modules_to_save``."""
 
@@ -50,7 +58,7 @@ class ModulesToSaveWrapper(nn.Cell):
         """Add a trainable copy of the original module for ``adapter_name``."""
         if adapter_name not in self.modules_to_save:
             module = copy.deepcopy(self.original_module)
-            for param in module.get_parameters():
+            for param in _trainable_parameters(module):
                 param.requires_grad = True
             self.modules_to_save[adapter_name] = module
         self._refresh()
@@ -61,7 +69,7 @@ class ModulesToSaveWrapper(nn.Cell):
     def set_adapter(self, adapter_name):
         self.active_adapter = adapter_name
         for name, module in self.modules_to_save.items():
-            for param in module.get_parameters():
+            for param in _trainable_parameters(module):
                 param.requires_grad = name == adapter_name
         self._refresh()
 
