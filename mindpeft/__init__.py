@@ -12,6 +12,7 @@ from .auto import (AutoPeftModel, AutoPeftModelForCausalLM, AutoPeftModelForFeat
 from .config import PeftConfig, PromptLearningConfig
 from .mapping import PEFT_TYPE_TO_CONFIG_MAPPING, get_peft_model, inject_adapter_in_model
 from .models.tokenization_auto import AutoTokenizer
+from .mixed_model import PeftMixedModel
 from .peft_model import (PeftModel, PeftModelForCausalLM, PeftModelForFeatureExtraction,
                          PeftModelForQuestionAnswering, PeftModelForSeq2SeqLM, PeftModelForSequenceClassification,
                          PeftModelForTokenClassification)
@@ -26,6 +27,7 @@ from .tuners import (MultitaskPromptEmbedding, MultitaskPromptTuningConfig, Mult
 from .tuners import TrainableTokensConfig, TrainableTokensModel
 from .tuners import FourierFTConfig, FourierFTModel, HRAConfig, HRAModel, VeraConfig, VeraModel
 from .training.schedules import get_linear_schedule_with_warmup
+from .training import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
 from .utils import (PeftType, TaskType, get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict,
                     set_seed)
 from .utils.status import TunerLayerStatus, TunerModelStatus, get_layer_status, get_model_status

@@ -9,10 +9,11 @@ from .utils.registry import (PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MA
 MODEL_TYPE_TO_PEFT_MODEL_MAPPING = TASK_TYPE_TO_PEFT_MODEL
 
 
-def get_peft_model(model, peft_config, adapter_name="default"):
+def get_peft_model(model, peft_config, adapter_name="default", mixed=False):
     """Wrap ``model`` (any ``mindspore.nn.Cell``) with the adapter ``peft_config`` describes.
 
-    Returns the PeftModel subclass for ``peft_config.task_type`` (plain :class:`PeftModel` when it is unset).
+    Returns the PeftModel subclass for ``peft_config.task_type`` (plain :class:`PeftModel` when it is unset), or
+    with ``mixed=True`` a :class:`~mindpeft.PeftMixedModel` (adapters of LoRA, LoHa, LoKr and OFT together).
     A model that already holds adapters gets HF peft's warning; one that already holds an adapter named
     ``adapter_name`` is refused, since wrapping it again would re-initialise that adapter's trained weights.
     """
@@ -27,6 +28,9 @@ def get_peft_model(model, peft_config, adapter_name="default"):
     if held:
         warnings.warn("You are trying to modify a model with PEFT for a second time. If you want to reload the model "
                       "with a different config, make sure to call `.unload()` before.")
+    if mixed:
+        from .mixed_model import PeftMixedModel
+        return PeftMixedModel(model, peft_config, adapter_name)
     task = peft_config.task_type.value if peft_config.task_type is not None else None
     return MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(task, PeftModel)(model, peft_config, adapter_name)
 

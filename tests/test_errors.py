@@ -43,8 +43,8 @@ def test_unknown_task_type():
 @pytest.mark.parametrize("kwargs,message", [
     ({"bias": "some"}, "bias must be 'none', 'all' or 'lora_only'"),
     ({"lora_dropout": 1.0}, r"lora_dropout must be in \[0, 1\)"),
-    ({"use_dora": True}, "DoRA"),
-    ({"init_lora_weights": "pissa"}, "not supported by mindpeft"),
+    ({"use_dora": True, "lora_bias": True}, "DoRA"),
+    ({"init_lora_weights": "eva"}, "not supported by mindpeft"),
     ({"layers_pattern": "h"}, "layers_to_transform` must also be specified"),
 ])
 def test_invalid_lora_options(kwargs, message):

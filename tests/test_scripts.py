@@ -68,15 +68,16 @@ def test_train_every_method(tiny_classifier, tmp_path, method):
         assert config["rank_pattern"]
 
 
-def test_bench_tiny_prints_every_row():
+def test_bench_tiny_prints_every_kind_of_row():
+    rows = "gpt2-lora,gpt2-full,gpt2-lora-pynative,gpt2-generate-b1,gpt2-inference"
     result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--tiny", "--steps", "1",
-                             "--batch-size", "2", "--seq-len", "16"], capture_output=True, text=True, timeout=600,
+                             "--rows", rows], capture_output=True, text=True, timeout=600,
                             env={**os.environ, "GLOG_v": "3"})
     assert result.returncode == 0, result.stderr[-2000:]
-    for row in ["mindpeft LoRA step, PyNative", "mindpeft LoRA step, jit", "mindpeft full fine-tune step, jit",
-                "torch + HF peft LoRA step", "LoRA jit speed-up over PyNative", "mindpeft LoRA jit / torch LoRA",
-                "adapter / full checkpoint size", "peak memory, LoRA / full fine-tune",
-                "training memory above the loaded model, LoRA / full"]:
-        assert f"| {row}" in result.stdout
+    for row in ["gpt2 LoRA, 4 x 64", "gpt2 full fine-tune, 4 x 64", "gpt2, batch 1, 32 new tokens",
+                "GPT-2 LoRA step / full fine-tune step", "GPT-2 LoRA step, jit speed-up over PyNative",
+                "GPT-2 inference (jit), merged LoRA / base model time", "adapter / full checkpoint size"]:
+        assert f"| {row}" in result.stdout, row
+    assert "MiB |" in result.stdout and "MindSpore 2.10.0" in result.stdout
     # r=8 on c_attn (64 -> 192), attn.c_proj (64 -> 64) and mlp.c_proj (256 -> 64) in 2 layers: 2*8*(256+128+320)
     assert "| trainable parameters | 11,264 of 172,288 (6.538%) |" in result.stdout

@@ -8,6 +8,7 @@ import signal
 import struct
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from mindspore.experimental import optim
 from safetensors.numpy import load_file
 
 import mindpeft
-from mindpeft import LoraConfig, PeftModel, get_peft_model
+from mindpeft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
 from mindpeft.models import AutoModelForCausalLM, AutoModelForSeq2SeqLM, Tokenizer
 from mindpeft.training import (DataCollatorForLanguageModeling, DataCollatorForSeq2Seq, DataCollatorWithPadding,
                                Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainerCallback,
@@ -361,6 +362,8 @@ def test_collators_equal_transformers():
     want = transformers.DataCollatorWithPadding(theirs, return_tensors="np")(no_labels)
     assert all(np.array_equal(got[k], want[k]) for k in want)
     assert (DataCollatorForSeq2Seq(ours)(features)["labels"] == -100).any()
+    with pytest.raises(ValueError, match="no mask token.*mlm=False"):
+        DataCollatorForLanguageModeling(ours)
 
 
 # ----- hyper-parameter search ---------------------------------------------------------------------------------
@@ -381,10 +384,27 @@ def test_hyperparameter_search_with_optuna_returns_the_best_trial(tiny_model_dir
         study_losses[trainer.args.learning_rate] = metrics["eval_loss"]
         return metrics["eval_loss"]
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.BruteForceSampler(seed=0)  # both learning rates, in some order
     best = trainer.hyperparameter_search(hp_space=hp_space, compute_objective=objective, n_trials=2,
-                                         direction="minimize", sampler=optuna.samplers.BruteForceSampler(seed=0))
+                                         direction="minimize", sampler=sampler)
     assert len(study_losses) == 2
     winner = min(study_losses, key=study_losses.get)
     assert best.params == {"learning_rate": winner} and best.hyperparameters == best.params
     assert best.objective == study_losses[winner]
     assert trainer.args is args and sorted(os.listdir(tmp_path)) == ["run-0", "run-1"]
+
+
+def test_adalora_budget_is_allocated_during_training(tiny_model_dir, tmp_path, capsys):
+    mindpeft.set_seed(SEED)
+    config = AdaLoraConfig(task_type="CAUSAL_LM", init_r=6, target_r=2, tinit=0, tfinal=1, deltaT=1, total_step=4)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir("gpt2", "causal")), config)
+    assert config.rank_pattern is None
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=4,
+                             learning_rate=LR, save_strategy="no", logging_steps=2)
+    Trainer(model, args, train_dataset=_rows("gpt2", 8)).train()
+    pattern = model.peft_config["default"].rank_pattern
+    assert pattern and sum(sum(mask) for mask in pattern.values()) == 2 * len(pattern)  # pruned to target_r
+    output = capsys.readouterr()
+    assert "'loss':" in output.out + output.err and "4/4" in output.err  # logs above a tqdm bar

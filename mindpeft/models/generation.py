@@ -166,6 +166,9 @@ class GenerationMixin:
         state = {"ids": ids, "mask": mask, "past": None, "embeds": embeds, "graph": None}
         embed_layer = self.get_input_embeddings()
         static = static and not model_kwargs and max_new_tokens > 1
+        limit = getattr(self.config, "max_position_embeddings", None)
+        if limit is not None and mask.sum(1).max() + max_new_tokens - 2 >= limit:
+            static = False  # the PyNative forward names the position that runs past the model's limit
 
         def step(last):
             if state["graph"] is not None:

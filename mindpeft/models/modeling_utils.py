@@ -145,6 +145,9 @@ class PreTrainedModel(ModelOutputMixin, nn.Cell):
             except ConfigError as err:
                 raise err.with_source(os.path.join(path, CONFIG_NAME)) from None
         config._name_or_path = os.path.abspath(path)
+        if getattr(config, "quantization_config", None) is not None:  # quantized linear layers (bitsandbytes formats)
+            from ..quantization.loading import load_quantized_model
+            return load_quantized_model(cls, config, weights, strict=strict, source=path)
         model = cls(config)
         model.load_state_dict(load_safetensors(weights), strict=strict, source=path)
         model.set_train(False)
@@ -222,6 +225,8 @@ class PreTrainedModel(ModelOutputMixin, nn.Cell):
         (the checkpoint's path) is named in the messages.
         """
         params = named_parameters(self)
+        from ..quantization.serialization import quantized_model_state  # quantized layers: bitsandbytes keys
+        state_dict = quantized_model_state(self, state_dict)
         loaded, unexpected = set(), []
         for key, value in state_dict.items():
             target = self._checkpoint_key_to_model_key(key, params)
@@ -262,7 +267,8 @@ class PreTrainedModel(ModelOutputMixin, nn.Cell):
 
     def state_dict(self):
         """``{HF key: numpy array}`` of every parameter."""
-        return {name: to_numpy(p) for name, p in named_parameters(self).items()}
+        from ..quantization.serialization import quantized_checkpoint  # quantized layers: bitsandbytes keys
+        return quantized_checkpoint(self, {name: to_numpy(p) for name, p in named_parameters(self).items()})
 
     def save_pretrained(self, save_directory):
         """Write ``config.json`` and ``model.safetensors`` with HF key names, replacing the folder as a whole

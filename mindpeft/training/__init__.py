@@ -1,4 +1,4 @@
-"""Training helpers shared by the tutorials and scripts: compiled steps, loops, data pipelines, schedules."""
+"""Training: the Trainer and its arguments, compiled steps, loops, data pipelines and collators, schedules."""
 from .data import (BaseMapFunction, CausalLMTokenize, ClassificationTokenize, Seq2SeqTokenize, build_dataset,
                    read_csv, train_test_split)
 from .loop import classification_accuracy, evaluate, generation_accuracy, train_epoch

@@ -62,14 +62,8 @@ class TrainerControl:
     should_evaluate: bool = False
     should_log: bool = False
 
-    def _new_training(self):
-        self.should_training_stop = False
-
     def _new_epoch(self):
         self.should_epoch_stop = False
-
-    def _new_step(self):
-        self.should_save = self.should_evaluate = self.should_log = False
 
 
 class TrainerCallback:

@@ -23,6 +23,25 @@ def model_loss(model):
 _BUILD_IDS = itertools.count(1)
 
 
+def uniquely_named(fn, prefix="loss_fn"):
+    """``fn`` under a name of its own. MindSpore caches parsed functions by name and ``id()``: a new function at
+    the address of a freed one with the same name would get the freed one's graph (its model, its weights, its
+    signature: "Got an unexpected keyword argument")."""
+
+    def named(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    named.__name__ = named.__qualname__ = f"{prefix}_{next(_BUILD_IDS)}"
+    return named
+
+
+def value_and_grad(loss_fn, params):
+    """``mindspore.value_and_grad`` of ``loss_fn`` for ``params``, uniquely named (see :func:`uniquely_named`)."""
+    grad_fn = ms.value_and_grad(uniquely_named(loss_fn), None, params)
+    grad_fn.__name__ = grad_fn.__qualname__ = f"value_and_grad_{next(_BUILD_IDS)}"
+    return grad_fn
+
+
 class _StateAwareJit:
     """Calls ``self._build()``'s function, rebuilt when the model's adapter state or train mode changes."""
 
@@ -80,7 +99,7 @@ class TrainStep(_StateAwareJit):
         self.return_grads = return_grads
 
     def _build(self):
-        grad_fn = ms.value_and_grad(self.loss_fn, None, self.optimizer.parameters)
+        grad_fn = value_and_grad(self.loss_fn, self.optimizer.parameters)
         optimizer = self.optimizer
         return_grads = self.return_grads
 

@@ -12,7 +12,8 @@ folder renamed into place when complete, rotated by ``save_total_limit`` (never 
 
 Started by ``msrun --worker_num=N ...``, the same script trains data-parallel: every dataset is sharded by rank,
 gradients and losses are averaged across ranks, evaluation predictions are gathered, and only rank 0 writes files,
-logs and progress bars. ``N`` workers with ``per_device_train_batch_size=B`` train as one process with ``N * B``.
+logs and progress bars. ``N`` workers with ``per_device_train_batch_size=B`` train as one process with ``N * B``
+(exactly so when every batch holds as many loss tokens: each rank's loss is a mean over its own batch).
 """
 import collections
 import dataclasses
@@ -180,18 +181,28 @@ def to_tensors(batch):
     return tensors
 
 
-def _pad_concat(arrays, pad=LABEL_PAD):
-    """Concatenate arrays on axis 0, padding the other axes to the largest size with ``pad``."""
+def _pad_to_common_shape(arrays, first_axis):
+    """Pad arrays with -100 to the largest size of each axis from ``first_axis`` on."""
     arrays = [np.asarray(a) for a in arrays]
-    if all(a.shape[1:] == arrays[0].shape[1:] for a in arrays):
-        return np.concatenate(arrays, axis=0)
-    shape = np.max([a.shape[1:] for a in arrays], axis=0)
+    if all(a.shape[first_axis:] == arrays[0].shape[first_axis:] for a in arrays):
+        return arrays
+    shape = np.max([a.shape[first_axis:] for a in arrays], axis=0)
     padded = []
     for a in arrays:
-        out = np.full((a.shape[0], *shape), pad, dtype=np.result_type(a.dtype, np.int32))
+        out = np.full((*a.shape[:first_axis], *shape), LABEL_PAD, dtype=np.result_type(a.dtype, np.int32))
         out[tuple(slice(0, n) for n in a.shape)] = a
         padded.append(out)
-    return np.concatenate(padded, axis=0)
+    return padded
+
+
+def _pad_concat(arrays):
+    """Per-batch arrays joined on axis 0 (other axes padded with -100, as transformers does)."""
+    return np.concatenate(_pad_to_common_shape(arrays, 1), axis=0)
+
+
+def base_model(model):
+    """The transformer under a PeftModel (the model itself otherwise)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _nested(values, fn):
@@ -243,8 +254,7 @@ class Trainer:
         self.compute_metrics = compute_metrics
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
         self.optimizer, self.lr_scheduler = optimizers
-        self._user_optimizer = self.optimizer is not None
-        if self.model_init is not None and self._user_optimizer:
+        if self.model_init is not None and self.optimizer is not None:
             raise RuntimeError("Passing optimizers is not allowed with model_init: each train() builds a new model, "
                                "which a given optimizer does not hold")
         defaults = [DefaultFlowCallback]
@@ -289,8 +299,7 @@ class Trainer:
 
     def _model_columns(self):
         """Row keys the model takes (``None``: it takes any)."""
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        parameters = inspect.signature(base.construct).parameters
+        parameters = inspect.signature(base_model(self.model).construct).parameters
         if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
             return None
         return set(parameters) | {"label", "label_ids", "labels"} | set(self._label_names())
@@ -304,7 +313,7 @@ class Trainer:
             unused = sorted(set(rows[0]) - columns)
             if unused:
                 logger.info("The following columns in the %s have no argument in %s.construct and have been "
-                            "ignored: %s", what, type(self.model).__name__, ", ".join(unused))
+                            "ignored: %s", what, type(base_model(self.model)).__name__, ", ".join(unused))
                 rows = [{k: v for k, v in row.items() if k in columns} for row in rows]
         return rows
 
@@ -414,7 +423,7 @@ class Trainer:
         self._step = step
         self._reseed(self.state.global_step)
         self.model.set_train(True)
-        self.control = TrainerControl()
+        self.control = TrainerControl(should_training_stop=self.state.global_step >= max_steps)
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
         if args.eval_on_start and self.state.global_step == 0:
             self._evaluate_in_training()
@@ -711,6 +720,8 @@ class Trainer:
                         **gen_kwargs):
         """Run :meth:`prediction_step` over this rank's share of ``rows`` and gather every rank's results."""
         args, dist = self.args, self.distributed
+        logger.info("***** Running %s: %d rows, batch size %d *****", description, len(rows),
+                    args.per_device_eval_batch_size)
         loss_only = not prediction and (args.prediction_loss_only or self.compute_metrics is None)
         was_training = self.model.training
         self.model.set_train(False)
@@ -742,10 +753,10 @@ class Trainer:
             if parts[0] is None:
                 merged.append(None)
             elif isinstance(parts[0], tuple):
-                merged.append(tuple(unshard(_common_shape([p[i] for p in parts]), len(rows))
+                merged.append(tuple(unshard(_pad_to_common_shape([p[i] for p in parts], 0), len(rows))
                                     for i in range(len(parts[0]))))
             else:
-                merged.append(unshard(_common_shape(parts), len(rows)))
+                merged.append(unshard(_pad_to_common_shape(parts, 0), len(rows)))
         all_losses, all_predictions, all_labels = merged
         metrics = {}
         if self.compute_metrics is not None and all_predictions is not None and all_labels is not None:
@@ -848,20 +859,6 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _common_shape(parts):
-    """Pad per-rank arrays to one shape beyond axis 0 (-100), so that they can be interleaved."""
-    parts = [np.asarray(p) for p in parts]
-    if all(p.shape == parts[0].shape for p in parts):
-        return parts
-    shape = np.max([p.shape for p in parts], axis=0)
-    out = []
-    for p in parts:
-        padded = np.full(shape, LABEL_PAD, dtype=np.result_type(p.dtype, np.int32))
-        padded[tuple(slice(0, n) for n in p.shape)] = p
-        out.append(padded)
-    return out
-
-
 class Seq2SeqTrainer(Trainer):
     """A ``Trainer`` whose evaluation can generate: with ``args.predict_with_generate`` the predictions are
     generated ids (greedy; ``max_new_tokens`` / ``max_length`` in ``evaluate(...)`` or
@@ -876,16 +873,20 @@ class Seq2SeqTrainer(Trainer):
         if has_labels:
             loss = float(self._forward()(**inputs)["loss"].asnumpy())
         generate_inputs = {k: v for k, v in inputs.items() if k not in label_names and k != "decoder_input_ids"}
-        generated = model.generate(**generate_inputs, **self._generation_options(gen_kwargs))
+        input_length = int(generate_inputs["input_ids"].shape[-1]) if "input_ids" in generate_inputs else 0
+        generated = model.generate(**generate_inputs, **self._generation_options(gen_kwargs, input_length))
         generated = generated.asnumpy() if hasattr(generated, "asnumpy") else np.asarray(generated)
         return loss, generated, self._labels(inputs, label_names, has_labels)
 
-    def _generation_options(self, gen_kwargs):
+    def _generation_options(self, gen_kwargs, input_length):
+        """``generate`` keywords: ``max_length`` (transformers' meaning: the decoder start token, or the prompt,
+        included) becomes ``max_new_tokens``."""
         options = dict(gen_kwargs)
         num_beams = options.pop("num_beams", None) or self.args.generation_num_beams
         if num_beams not in (None, 1):
             raise ValueError(f"num_beams={num_beams}: mindpeft generates greedily (num_beams=1)")
         max_length = options.pop("max_length", None) or self.args.generation_max_length
         if "max_new_tokens" not in options and max_length is not None:
-            options["max_new_tokens"] = max(1, max_length - 1)  # the decoder start token counts in max_length
+            taken = 1 if getattr(base_model(self.model).config, "is_encoder_decoder", False) else input_length
+            options["max_new_tokens"] = max(1, max_length - taken)
         return options

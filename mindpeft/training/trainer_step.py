@@ -11,7 +11,7 @@ import itertools
 import mindspore as ms
 from mindspore import nn, ops
 
-from .train_step import _StateAwareJit, model_loss
+from .train_step import _StateAwareJit, model_loss, value_and_grad
 
 _INSTANCES = itertools.count(1)
 
@@ -25,23 +25,6 @@ class _Compiled(_StateAwareJit):
 
     def _build(self):
         return self._builder()
-
-
-def _uniquely_named(fn):
-    """``fn`` under a name of its own. MindSpore caches parsed functions by name and ``id()``: a new function at
-    the address of a freed one with the same name would get the freed one's graph (its model, its weights)."""
-
-    def named(*args, **kwargs):
-        return fn(*args, **kwargs)
-
-    named.__name__ = named.__qualname__ = f"loss_fn_{next(_INSTANCES)}"
-    return named
-
-
-def _grad_function(loss_fn, params):
-    grad_fn = ms.value_and_grad(loss_fn, None, params)
-    grad_fn.__name__ = grad_fn.__qualname__ = f"value_and_grad_{next(_INSTANCES)}"
-    return grad_fn
 
 
 def _zeros_parameter(like, name):
@@ -67,7 +50,7 @@ class TrainerStep:
                  world_size=1, return_grads=False, jit=True):
         self.model = model
         self.optimizer = optimizer
-        self.loss_fn = _uniquely_named(loss_fn or model_loss(model))
+        self.loss_fn = loss_fn or model_loss(model)
         self.max_grad_norm = float(max_grad_norm) if max_grad_norm else None
         self.world_size = world_size
         self.return_grads = return_grads
@@ -105,7 +88,7 @@ class TrainerStep:
                 compiled._fn = None
 
     def _build_accumulate(self):
-        grad_fn = _grad_function(self.loss_fn, self.optimizer.parameters)
+        grad_fn = value_and_grad(self.loss_fn, self.optimizer.parameters)
         grad_sums, loss_sum, count = self._grad_sums, self._loss_sum, self._count
 
         def accumulate(**batch):
@@ -119,7 +102,7 @@ class TrainerStep:
         return accumulate
 
     def _build_update(self):
-        grad_fn = _grad_function(self.loss_fn, self.optimizer.parameters)
+        grad_fn = value_and_grad(self.loss_fn, self.optimizer.parameters)
         optimizer, reducer, all_reduce = self.optimizer, self._reducer, self._all_reduce
         accumulating, world_size, max_norm = self.accumulating, float(self.world_size), self.max_grad_norm
         return_grads = self.return_grads

@@ -1,6 +1,7 @@
 """``TrainingArguments`` and ``Seq2SeqTrainingArguments``: transformers' names and defaults for what the
 ``Trainer`` does, each checked when set (the message names the field and its value)."""
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -13,6 +14,7 @@ from .schedules import SCHEDULES
 
 STRATEGIES = ("no", "steps", "epoch")
 REPORTERS = ("tensorboard",)
+REPORTER_MODULES = {"tensorboard": "tensorboardX"}
 
 
 def _fail(name, value, expected):
@@ -181,8 +183,8 @@ class TrainingArguments:
         if value is None or value == "none" or value == ["none"]:
             return []
         names = [value] if isinstance(value, str) else list(value)
-        if "all" in names:
-            return list(REPORTERS)
+        if "all" in names:  # the installed ones
+            return [n for n in REPORTERS if importlib.util.find_spec(REPORTER_MODULES[n]) is not None]
         unknown = [n for n in names if n not in REPORTERS]
         if unknown:
             _fail("report_to", value, f"'none', 'all' or a list from {list(REPORTERS)}")

@@ -9,7 +9,7 @@ import re
 import warnings
 from contextlib import contextmanager
 
-from mindspore import nn
+from mindspore import mint, nn
 
 from ..models.layers import Conv1D, Linear
 from ..models.modeling_utils import sync_parameter_names
@@ -276,7 +276,7 @@ class BaseTuner(nn.Cell):
         """Replace ``target_modules='all-linear'`` with every linear layer's name except the output head."""
         names = set()
         for key, cell in model.cells_and_names():
-            if isinstance(cell, (Linear, Conv1D, nn.Dense)):
+            if isinstance(cell, (Linear, Conv1D, nn.Dense, mint.nn.Linear)):
                 names.add(key.split(".")[-1])
         names -= {"lm_head", "score", "classifier", "qa_outputs", "out_proj"}
         config.target_modules = names
@@ -298,6 +298,7 @@ class BaseTuner(nn.Cell):
             matched = True
             parent, target, target_name = get_submodules(model, key)
             self._create_and_replace(config, adapter_name, target, target_name, parent, current_key=key)
+        matched = self._inject_parameters(config, model, adapter_name, matched) or matched
         if not matched:
             raise ValueError(f"Target modules {config.target_modules} not found in the base model. Please check "
                              "the target modules and try again.")
@@ -312,6 +313,10 @@ class BaseTuner(nn.Cell):
             self._freeze_adapter(adapter_name)
         sync_parameter_names(model)
         self._bump()
+
+    def _inject_parameters(self, config, model, adapter_name, modules_matched):
+        """Hook: adapt the bare Parameters ``config`` targets (LoRA's ``target_parameters``); whether any matched."""
+        return False
 
     def _freeze_adapter(self, adapter_name):
         for name, param in self.model.parameters_and_names():

@@ -233,7 +233,7 @@ def load_peft_weights(model_id):
 def save_peft_weights(state_dict, directory):
     """Write ``adapter_model.safetensors`` into ``directory`` (a folder being built by ``atomic_directory``)."""
     os.makedirs(directory, exist_ok=True)
-    tensors = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
+    tensors = {k: np.require(v, requirements="C") for k, v in state_dict.items()}  # keeps 0-d shapes
     save_file(tensors, os.path.join(directory, SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
 
 

@@ -27,6 +27,8 @@ class AdaLoraConfig(LoraConfig):
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = PeftType.ADALORA
+        if self.use_dora:
+            raise ValueError(f"{self.peft_type} does not support DoRA.")
         for name, minimum in (("target_r", 1), ("init_r", 1), ("tinit", 0), ("tfinal", 0), ("deltaT", 1)):
             check_integer(self, name, minimum)
         check_integer(self, "total_step", optional=True)

@@ -1,7 +1,9 @@
 """The LoKr layer: a Kronecker product of two (possibly low-rank) factors as the weight update."""
+import math
+
 import numpy as np
 
-from ..lycoris_utils import LycorisLayer, kaiming_uniform, new_parameter
+from ..lycoris_utils import LycorisLayer, cp_weight, kaiming_uniform, new_parameter
 
 
 def factorization(dimension, factor=-1):
@@ -28,18 +30,27 @@ def factorization(dimension, factor=-1):
 
 
 def kron(a, b):
-    """``torch.kron`` of two matrices from broadcasting (differentiable, any backend)."""
-    rows = a.shape[0] * b.shape[0]
-    cols = a.shape[1] * b.shape[1]
-    return (a.view(a.shape[0], 1, a.shape[1], 1) * b.view(1, b.shape[0], 1, b.shape[1])).view(rows, cols)
+    """``torch.kron`` from broadcasting (differentiable, any backend); the tensor with fewer dimensions gets leading
+    ones, as torch does."""
+    if a.ndim < b.ndim:
+        a = a.reshape((1,) * (b.ndim - a.ndim) + a.shape)
+    a_view, b_view, shape = (), (), ()
+    for i in range(a.ndim):
+        a_view += (a.shape[i], 1)
+        b_view += (1, b.shape[i])
+        shape += (a.shape[i] * b.shape[i],)
+    return (a.reshape(a_view) * b.reshape(b_view)).reshape(shape)
 
 
 class LoKrLayer(LycorisLayer):
-    """LoKr around ``Linear``/``mindspore.nn.Dense``: ``out = a * b`` and ``in = c * d`` are factorised, ``w1``
-    is (a, c) and ``w2`` (b, d); each is a full matrix (``lokr_w1``/``lokr_w2``) or, when ``r`` is below half its
-    larger side (for ``w1`` only with ``decompose_both``), a product ``lokr_w*_a @ lokr_w*_b`` of rank ``r``."""
+    """LoKr around ``Linear``/``mindspore.nn.Dense``/``Conv1d``/``Conv2d``, HF peft's names and shapes: ``out = a * b``
+    and ``in / groups = c * d`` are factorised, the update is ``kron(w1, w2)`` with ``w1`` (a, c) and ``w2`` (b, d,
+    *kernel). Each is a full tensor (``lokr_w1``/``lokr_w2``) or, when ``r`` is below half its larger side (for
+    ``w1`` only with ``decompose_both``), a rank-``r`` product ``lokr_w*_a @ lokr_w*_b`` (a convolution's kernel
+    flattened into ``lokr_w2_b``), or with ``use_effective_conv2d`` the CP rebuild of ``lokr_t2`` (r, r, kh, kw) with
+    ``lokr_w2_a`` (r, b) and ``lokr_w2_b`` (r, d)."""
 
-    adapter_layer_names = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
+    adapter_layer_names = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
     other_param_names = LycorisLayer.other_param_names + ("use_w1", "use_w2")
     method = "LoKr"
 
@@ -48,23 +59,24 @@ class LoKrLayer(LycorisLayer):
 
     def create_adapter_parameters(self, adapter_name, r, config):
         out_l, out_k = factorization(self.out_features, config.decompose_factor)
-        in_m, in_n = factorization(self.in_features, config.decompose_factor)
+        in_m, in_n = factorization(self.in_features // self.groups, config.decompose_factor)
         use_w1 = not (config.decompose_both and r < max(out_l, in_m) / 2)
         use_w2 = not (r < max(out_k, in_n) / 2)
         self.use_w1[adapter_name] = use_w1
         self.use_w2[adapter_name] = use_w2
-        w1_shapes = [(out_l, in_m)] if use_w1 else [(out_l, r), (r, in_m)]
-        w2_shapes = [(out_k, in_n)] if use_w2 else [(out_k, r), (r, in_n)]
-        w1 = [kaiming_uniform(s) for s in w1_shapes]
-        w2 = [kaiming_uniform(s) for s in w2_shapes]
-        if config.init_weights == "lycoris":  # w2 (or w2_b) zero
-            w2[-1] = np.zeros_like(w2[-1])
-        elif config.init_weights:  # w1 (or w1_a) zero
-            w1[0] = np.zeros_like(w1[0])
-        names1 = ("lokr_w1",) if use_w1 else ("lokr_w1_a", "lokr_w1_b")
-        names2 = ("lokr_w2",) if use_w2 else ("lokr_w2_a", "lokr_w2_b")
-        for name, value in zip(names1 + names2, w1 + w2):
-            getattr(self, name)[adapter_name] = new_parameter(value)
+        self.effective_conv2d[adapter_name] = self.effective_conv2d[adapter_name] and not use_w2
+        w1 = {"lokr_w1": (out_l, in_m)} if use_w1 else {"lokr_w1_a": (out_l, r), "lokr_w1_b": (r, in_m)}
+        if use_w2:
+            w2 = {"lokr_w2": (out_k, in_n) + self.kernel_size}
+        elif self.effective_conv2d[adapter_name]:
+            w2 = {"lokr_t2": (r, r) + self.cp_kernel(), "lokr_w2_a": (r, out_k), "lokr_w2_b": (r, in_n)}
+        else:
+            w2 = {"lokr_w2_a": (out_k, r), "lokr_w2_b": (r, in_n * math.prod(self.kernel_size))}
+        # True: w1 (or w1_a) zero, the adapter starts as the identity; "lycoris": w2 (or w2_b) zero; False: random
+        zero = {True: ("lokr_w1", "lokr_w1_a"), "lycoris": ("lokr_w2", "lokr_w2_b")}.get(config.init_weights, ())
+        for name, shape in {**w1, **w2}.items():
+            getattr(self, name)[adapter_name] = new_parameter(np.zeros(shape) if name in zero
+                                                              else kaiming_uniform(shape))
 
     def delta(self, adapter_name):
         if self.use_w1[adapter_name]:
@@ -73,9 +85,23 @@ class LoKrLayer(LycorisLayer):
             w1 = getattr(self.lokr_w1_a, adapter_name) @ getattr(self.lokr_w1_b, adapter_name)
         if self.use_w2[adapter_name]:
             w2 = getattr(self.lokr_w2, adapter_name)
+        elif self.effective_conv2d[adapter_name]:
+            w2 = cp_weight(getattr(self.lokr_t2, adapter_name), getattr(self.lokr_w2_a, adapter_name),
+                           getattr(self.lokr_w2_b, adapter_name))
         else:
             w2 = getattr(self.lokr_w2_a, adapter_name) @ getattr(self.lokr_w2_b, adapter_name)
+        if w2.ndim == 4:  # HF peft widens w1 to (a, c, 1, 1) for 4-D w2 only (a Conv1d's 3-D w2 keeps torch.kron's
+            w1 = w1.reshape(w1.shape + (1, 1))  # leading-ones rule)
         return kron(w1, w2)
 
 
-Linear = LoKrLayer
+class Linear(LoKrLayer):
+    """LoKr around ``Linear``/``mindspore.nn.Dense``."""
+
+
+class Conv1d(LoKrLayer):
+    """LoKr around ``mindspore.nn.Conv1d``."""
+
+
+class Conv2d(LoKrLayer):
+    """LoKr around ``mindspore.nn.Conv2d``."""

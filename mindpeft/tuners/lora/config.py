@@ -1,12 +1,12 @@
 """Configuration of LoRA (Hu et al., 2021), field for field as HF peft's ``LoraConfig``."""
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from ...config import (PeftConfig, check_bool, check_mapping, check_names, check_number, describe, is_integer,
                        is_number)
 from ...utils.peft_types import PeftType
-
-INIT_LORA_WEIGHTS_CHOICES = (True, False, "gaussian")
+from .initialization import check_init_lora_weights, mutates_base_weight
 
 
 @dataclass
@@ -27,7 +27,10 @@ class LoraConfig(PeftConfig):
     modules_to_save: Optional[list] = field(
         default=None, metadata={"help": "Modules trained in full and saved with the adapter (e.g. a classifier)"})
     init_lora_weights: Union[bool, str] = field(
-        default=True, metadata={"help": "True: B=0 and A Kaiming-uniform; 'gaussian': A ~ N(0, 1/r); False: random"})
+        default=True, metadata={"help": "True: B=0 and A Kaiming-uniform; 'gaussian': A ~ N(0, 1/r); False: random; "
+                                        "'pissa' / 'pissa_niter_<n>' / 'olora': factors from the base weight's "
+                                        "SVD / QR (the base weight keeps the rest); 'orthogonal': B A = 0 from "
+                                        "orthogonal halves"})
     layers_to_transform: Optional[Union[list, int]] = field(
         default=None, metadata={"help": "Layer indexes to adapt (all by default)"})
     layers_pattern: Optional[Union[list, str]] = field(
@@ -39,6 +42,12 @@ class LoraConfig(PeftConfig):
                                          "rescales the LoRA-adapted weight"})
     lora_bias: bool = field(
         default=False, metadata={"help": "Give lora_B a bias (merging adds it into the base layer's bias)"})
+    trainable_token_indices: Optional[Union[list, dict]] = field(
+        default=None, metadata={"help": "Token indices of the input embedding (a list) or {module name: indices} to "
+                                        "train selectively; saved as <embedding>.token_adapter.trainable_tokens_delta"})
+    target_parameters: Optional[list] = field(
+        default=None, metadata={"help": "Names of bare Parameters to adapt (e.g. 'experts.gate_up_proj', stacked "
+                                        "expert weights (experts, in, out)), matched like target_modules lists"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -58,10 +67,11 @@ class LoraConfig(PeftConfig):
             check_bool(self, name)
         if self.bias not in ("none", "all", "lora_only"):
             raise ValueError(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
-        init = self.init_lora_weights
-        if not isinstance(init, (bool, str)) or init not in INIT_LORA_WEIGHTS_CHOICES:
-            raise ValueError(f"init_lora_weights={self.init_lora_weights!r} is not supported by mindpeft; "
-                             f"choose from {INIT_LORA_WEIGHTS_CHOICES}")
+        check_init_lora_weights(self.init_lora_weights)
+        self._check_trainable_token_indices()
+        if isinstance(self.target_parameters, str):
+            raise TypeError("`target_parameters` must be a list of strings or None.")
+        check_names(self, "target_parameters", as_set=False)
         if self.lora_bias:
             if self.init_lora_weights not in (True, False):
                 raise ValueError(f"The argument lora_bias=True is only supported with init_lora_weights=True or "
@@ -76,6 +86,13 @@ class LoraConfig(PeftConfig):
             raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified.")
         self._check_rank_pattern()
         check_mapping(self, "alpha_pattern", is_number, "finite ints or floats")
+        if self.use_rslora and (self.rank_pattern or self.alpha_pattern) and mutates_base_weight(
+                self.init_lora_weights):
+            warnings.warn("Using Rank-Stabilized LoRA with rank_pattern/alpha_pattern and post-training conversion of "
+                          "modified base weights PiSSA/CorDA/OLoRA/LoRA-GA means that you won't be able to pass "
+                          "`path_initial_model_for_weight_conversion` to `save_pretrained` to restore the initial "
+                          "values of the base weights; if you intend to do this, please ensure not to use rslora or "
+                          "rank_pattern/alpha_pattern.")
         self._custom_modules = None
 
     def _register_custom_module(self, mapping):
@@ -89,6 +106,20 @@ class LoraConfig(PeftConfig):
             raise ValueError(f"_register_custom_module expects a dict mapping layer classes to LoRA layer classes, "
                              f"got {describe(mapping)}")
         self._custom_modules = {**(self._custom_modules or {}), **mapping}
+
+    def _check_trainable_token_indices(self):
+        from ..trainable_tokens.config import check_token_indices
+
+        indices = self.trainable_token_indices
+        if indices is None or isinstance(indices, list):
+            if indices is not None:
+                check_token_indices("trainable_token_indices", indices)
+            return
+        if not isinstance(indices, dict) or not indices or not all(isinstance(k, str) for k in indices):
+            raise ValueError(f"trainable_token_indices must be a list of token indices or a dict mapping module names "
+                             f"to such lists, got {describe(indices)}")
+        for name, value in indices.items():
+            check_token_indices(f"trainable_token_indices[{name!r}]", value)
 
     def _check_layers_to_transform(self):
         value = self.layers_to_transform

@@ -1,5 +1,7 @@
 """LoRA layers, ``base(x) + B(A(dropout(x))) * scaling``, around linear, Conv1D, embedding, convolution and
-multi-head attention layers, with HF peft's variants DoRA (``use_dora``) and ``lora_bias``.
+multi-head attention layers, with HF peft's variants DoRA (``use_dora``) and ``lora_bias``, its initialisations
+(:mod:`.initialization`) and mixed adapter batches (:mod:`.mixed_batch`). LoRA on bare Parameters is
+:class:`.param_wrapper.ParamWrapper`.
 
 Which LoRA layer wraps which layer type is the registry :data:`LORA_LAYERS`; ``LoraConfig._register_custom_module``
 adds mappings of one's own, consulted first.
@@ -16,6 +18,7 @@ from ...config import is_integer
 from ...models.layers import Conv1D, Dropout, Embedding as EmbeddingLayer, Linear as LinearLayer, linear
 from ...models.modeling_utils import write_parameter
 from ..tuners_utils import BaseTunerLayer, ParameterDict, base_weight, layer_features
+from .initialization import init_from_base_weight, mutates_base_weight, orthogonal_factors
 
 
 def _param_from(array):
@@ -25,6 +28,11 @@ def _param_from(array):
 def _row_norm(weight):
     """L2 norm of each row of a 2-D tensor."""
     return ops.sqrt((weight * weight).sum(axis=1))
+
+
+def _row_mask(rows, index, like):
+    """1 for the rows of a mixed batch whose adapter is number ``index``, else 0, shaped to broadcast over ``like``."""
+    return (rows == index).astype(like.dtype).reshape((-1,) + (1,) * (like.ndim - 1))
 
 
 class LoraLayer(BaseTunerLayer):
@@ -41,6 +49,11 @@ class LoraLayer(BaseTunerLayer):
     # Read-only defaults for the LoRA layers that have no variants (AdaLoRA's SVDLinear).
     use_dora = lora_bias = use_rslora = MappingProxyType({})
     dora_axis = 0  # the base weight's axis of output features
+    # Mixed adapter batches (see .mixed_batch): layers that can serve them, and while one runs, the holder of the
+    # per-row adapter numbers and the (number, name) pairs of this layer's adapters.
+    supports_mixed_batch = False
+    _mixed_rows = None
+    _mixed_adapters = ()
 
     def _init_lora(self, base_layer):
         self._init_tuner_layer(base_layer)
@@ -82,8 +95,18 @@ class LoraLayer(BaseTunerLayer):
 
     def reset_lora_parameters(self, adapter_name, init_lora_weights):
         """Initialise linear factors. ``True``: A Kaiming-uniform, B zero (the adapter starts as the identity);
-        ``'gaussian'``: A ~ N(0, 1/r), B zero; ``False``: both random (``Linear``'s default initialisation)."""
+        ``'gaussian'``: A ~ N(0, 1/r), B zero; ``'pissa'``, ``'pissa_niter_<n>'``, ``'olora'``: from the base
+        weight, which keeps the rest; ``'orthogonal'``: B A = 0 from orthogonal halves; ``False``: both random
+        (``Linear``'s default initialisation)."""
         lora_b = self.lora_B[adapter_name]
+        if mutates_base_weight(init_lora_weights):
+            self._init_from_base_weight(adapter_name, init_lora_weights)
+            return
+        if init_lora_weights == "orthogonal":
+            a, b = orthogonal_factors(self.in_features, self.out_features, self.r[adapter_name])
+            write_parameter(self.lora_A[adapter_name].weight, a)
+            write_parameter(lora_b.weight, b)
+            return
         if init_lora_weights is False:
             if lora_b.bias is not None:
                 bound = 1.0 / math.sqrt(self.r[adapter_name])
@@ -98,6 +121,34 @@ class LoraLayer(BaseTunerLayer):
         for param in (lora_b.weight, lora_b.bias):
             if param is not None:
                 write_parameter(param, np.zeros(param.shape, np.float32))
+
+    def _init_from_base_weight(self, adapter_name, init):
+        """PiSSA / OLoRA: the factors from the base weight (read as (out, in)), which is replaced by the residual."""
+        weight = self._merge_target()
+        fan_in_fan_out = getattr(self, "fan_in_fan_out", False)
+        value = weight.asnumpy().T if fan_in_fan_out else weight.asnumpy()
+        a, b, residual = init_from_base_weight(init, value, self.r[adapter_name], self.scaling[adapter_name])
+        write_parameter(self.lora_A[adapter_name].weight, a)
+        write_parameter(self.lora_B[adapter_name].weight, b)
+        write_parameter(weight, residual.T if fan_in_fan_out else residual)
+
+    def _check_mixed_batch(self, adapter_names):
+        """HF peft's refusals of ``adapter_names`` (mixed adapter batches) for this layer."""
+        if not self.supports_mixed_batch:
+            raise TypeError(f"lora.{type(self).__name__} does not support mixed adapter batches.")
+        if self.merged:
+            raise ValueError("Cannot pass `adapter_names` when there are merged adapters, please call "
+                             "`unmerge_adapter` first.")
+        if any(self.use_dora.get(name, False) for name in adapter_names if name != "__base__"):
+            raise ValueError("Cannot pass `adapter_names` when DoRA is enabled.")
+
+    def _mixed_batch_forward(self, x, result):
+        """A mixed adapter batch: every adapter's ``B(A(dropout(x))) * scaling`` added to the rows that use it."""
+        rows = self._mixed_rows.rows[: result.shape[0]]
+        for index, name in self._mixed_adapters:
+            lora_out = self.lora_B[name](self.lora_A[name](self.lora_dropout[name](x))) * self.scaling[name]
+            result = result + lora_out.astype(result.dtype) * _row_mask(rows, index, result)
+        return result
 
     def set_scale(self, adapter_name, scale):
         """Set the adapter's scaling to ``scale`` times its initial one (``alpha / r``, or ``alpha / sqrt(r)``)."""
@@ -215,6 +266,8 @@ class Linear(nn.Cell, LoraLayer):
     ``update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config)``.
     """
 
+    supports_mixed_batch = True
+
     def __init__(self, base_layer, adapter_name, config, r=8, lora_alpha=8, **kwargs):
         super().__init__()
         if isinstance(base_layer, nn.Dense) and base_layer.activation_flag:
@@ -243,6 +296,8 @@ class Linear(nn.Cell, LoraLayer):
         result = self.base_layer(x)
         if self.disable_adapters or self.merged_adapters:
             return result
+        if self._mixed_rows is not None:
+            return self._mixed_batch_forward(x, result)
         for name in self._active_in_layer:
             if self.use_dora[name]:
                 result = self._dora(name, x, result)
@@ -281,6 +336,7 @@ class Embedding(nn.Cell, LoraLayer):
     ``lora_embedding_A`` (r, vocab) and ``lora_embedding_B`` (dim, r), HF's layout; no dropout, as in HF peft."""
 
     dora_axis = 1
+    supports_mixed_batch = True
 
     def __init__(self, base_layer, adapter_name, config, r=8, lora_alpha=8, **kwargs):
         super().__init__()
@@ -305,10 +361,20 @@ class Embedding(nn.Cell, LoraLayer):
         a = self.lora_embedding_A[adapter_name].asnumpy()
         return (b @ a).T * self.scaling[adapter_name]
 
+    def _mixed_batch_forward(self, x, result):
+        rows = self._mixed_rows.rows[: result.shape[0]]
+        for index, name in self._mixed_adapters:
+            lora_a, lora_b = getattr(self.lora_embedding_A, name), getattr(self.lora_embedding_B, name)
+            lora_out = linear(ops.gather(lora_a.T, x, 0) * self.scaling[name], lora_b)
+            result = result + lora_out.astype(result.dtype) * _row_mask(rows, index, result)
+        return result
+
     def construct(self, x):
         result = self.base_layer(x)
         if self.disable_adapters or self.merged_adapters:
             return result
+        if self._mixed_rows is not None:
+            return self._mixed_batch_forward(x, result)
         for name in self._active_in_layer:
             lora_a, lora_b = getattr(self.lora_embedding_A, name), getattr(self.lora_embedding_B, name)
             after_a = ops.gather(lora_a.T, x, 0)
@@ -379,6 +445,8 @@ class ConvNd(nn.Cell, LoraLayer):
     keeps as (out, in, 1, k)).
     """
 
+    supports_mixed_batch = True
+
     def __init__(self, base_layer, adapter_name, config, r=8, lora_alpha=8, **kwargs):
         super().__init__()
         self.groups = getattr(base_layer, "groups", getattr(base_layer, "group", 1))
@@ -397,12 +465,14 @@ class ConvNd(nn.Cell, LoraLayer):
         return (1, -1) + (1,) * self.dims
 
     def update_layer(self, adapter_name, r, lora_alpha, config, **kwargs):
+        init = config.init_lora_weights
+        if isinstance(init, str) and init != "gaussian":  # HF peft's PiSSA/OLoRA/orthogonal are for linear layers
+            raise ValueError(f"Unknown initialization init_lora_weights={init!r}")
         self._add_adapter_settings(adapter_name, r, lora_alpha, config)
         self.lora_A[adapter_name] = ConvFactor(self.in_features, r, self.kernel_size, self.stride, self.pad_mode,
                                                self.padding)
         self.lora_B[adapter_name] = ConvFactor(r, self.out_features, (1,) * self.dims, groups=self.groups,
                                                bias=config.lora_bias)
-        init = config.init_lora_weights
         if init is not False:
             a = self.lora_A[adapter_name].weight
             if init == "gaussian":
@@ -436,6 +506,8 @@ class ConvNd(nn.Cell, LoraLayer):
         result = self.base_layer(x)
         if self.disable_adapters or self.merged_adapters:
             return result
+        if self._mixed_rows is not None:
+            return self._mixed_batch_forward(x, result)
         for name in self._active_in_layer:
             if self.use_dora[name]:
                 result = self._dora(name, x, result)
@@ -462,6 +534,12 @@ class ConvNd(nn.Cell, LoraLayer):
         return result + (magnitude - 1) * base_result + magnitude * lora_b(lora_a(x)) * scaling
 
 
+def _check_mha_init(config):
+    if config.init_lora_weights not in (True, False, "gaussian"):
+        raise ValueError(f"init_lora_weights={config.init_lora_weights!r} is not supported for MultiheadAttention: "
+                         "its packed in_proj_weight is no single linear weight to initialise from")
+
+
 class MultiheadAttention(nn.Cell, LoraLayer):
     """LoRA around ``mindspore.nn.MultiheadAttention`` (query, key and value of the same size), HF peft's layout:
     ``lora_A`` (r, E) and ``lora_B`` (3E, r) update the packed ``in_proj_weight``, and ``out_proj`` is replaced by a
@@ -477,6 +555,7 @@ class MultiheadAttention(nn.Cell, LoraLayer):
             raise ValueError(f"{name} does not support DoRA (yet), please set use_dora to False")
         if config.lora_bias:
             raise ValueError(f"{name} does not support lora_bias=True, please set lora_bias to False")
+        _check_mha_init(config)
         super().__init__()
         self._init_lora(base_layer)
         self.in_features, self.out_features = base_layer.embed_dim, 3 * base_layer.embed_dim
@@ -484,6 +563,7 @@ class MultiheadAttention(nn.Cell, LoraLayer):
         self._update_in_proj(adapter_name, r, lora_alpha, config)
 
     def update_layer(self, adapter_name, r, lora_alpha, config, **kwargs):
+        _check_mha_init(config)
         self._update_in_proj(adapter_name, r, lora_alpha, config)
         self.base_layer.out_proj.update_layer(adapter_name, r, lora_alpha, config)
 

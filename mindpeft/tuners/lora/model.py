@@ -1,14 +1,22 @@
-"""``LoraModel``: injects LoRA layers into a Cell model and combines, merges and removes adapters."""
+"""``LoraModel``: injects LoRA layers into a Cell model (modules, and bare Parameters with ``target_parameters``),
+runs mixed adapter batches, and combines, merges, converts and removes adapters."""
 import dataclasses
 import math
+import os
+import warnings
+from contextlib import contextmanager
 
 import numpy as np
 
 from ...models.modeling_utils import write_parameter
-from ...utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-from ...utils.other import ModulesToSaveWrapper, replace_child
-from ..tuners_utils import BaseTuner, get_pattern_key
+from ...utils.constants import CONFIG_NAME, TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from ...utils.io import write_text
+from ...utils.other import ModulesToSaveWrapper, get_submodules, replace_child
+from ..tuners_utils import BaseTuner, BaseTunerLayer, get_pattern_key
+from .initialization import converted_config_values, lora_from_mutated_adapter, mutates_base_weight
 from .layer import LoraLayer, MultiheadAttention, dispatch_lora_layer
+from .mixed_batch import BASE, AdapterRows, check_adapter_names
+from .param_wrapper import ParamWrapper, release_module
 
 
 class LoraModel(BaseTuner):
@@ -17,15 +25,84 @@ class LoraModel(BaseTuner):
     prefix = "lora_"
     target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
-    def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key):
-        rank_key = get_pattern_key((config.rank_pattern or {}).keys(), current_key)
-        alpha_key = get_pattern_key((config.alpha_pattern or {}).keys(), current_key)
+    @staticmethod
+    def _rank_and_alpha(config, key):
+        rank_key = get_pattern_key((config.rank_pattern or {}).keys(), key)
+        alpha_key = get_pattern_key((config.alpha_pattern or {}).keys(), key)
         r = config.rank_pattern[rank_key] if rank_key else config.r
-        alpha = config.alpha_pattern[alpha_key] if alpha_key else config.lora_alpha
+        return r, config.alpha_pattern[alpha_key] if alpha_key else config.lora_alpha
+
+    def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key):
+        r, alpha = self._rank_and_alpha(config, current_key)
         if isinstance(target, LoraLayer):
             target.update_layer(adapter_name, r, lora_alpha=alpha, config=config)
         else:
             replace_child(parent, target_name, dispatch_lora_layer(target, adapter_name, config, r, alpha))
+
+    def inject_adapter(self, model, adapter_name):
+        # target_parameters alone: no module targets (HF peft leaves target_modules None unless the model type has
+        # default targets)
+        config = self.peft_config[adapter_name]
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        only_parameters = (config.target_modules is None and bool(config.target_parameters)
+                           and model_type not in self.target_module_mapping)
+        if only_parameters:
+            config.target_modules = set()
+        try:
+            super().inject_adapter(model, adapter_name)
+        finally:
+            if only_parameters:
+                config.target_modules = None
+
+    def _inject_parameters(self, config, model, adapter_name, modules_matched):
+        """Wrap each Parameter named by ``config.target_parameters`` (``<module>.<parameter>``, exact or suffix
+        match) in a :class:`ParamWrapper`; a second Parameter of the same Cell nests a second wrapper, in the
+        Cell's Parameter order, as HF peft does."""
+        targets = config.target_parameters
+        if not targets:
+            return False
+        for other_name, other in self.peft_config.items():
+            if other is not config and other.target_parameters and set(other.target_parameters) != set(targets):
+                raise ValueError("When using multiple adapters with `target_parameters`, all adapters must target the "
+                                 f"same set of parameters, but got {sorted(targets)} for the new adapter and "
+                                 f"{sorted(other.target_parameters)} for adapter '{other_name}'.")
+        found = []
+        for key, cell in model.cells_and_names():
+            if isinstance(cell, ParamWrapper):
+                continue
+            module_key = key.replace(".base_layer", "")
+            for param_name in cell._params:
+                full = f"{module_key}.{param_name}" if module_key else param_name
+                if full in targets or any(full.endswith(f".{t}") for t in targets):
+                    found.append((module_key, param_name, full))
+        for module_key, param_name, full in found:
+            self._wrap_parameter(config, adapter_name, model, module_key, param_name, full)
+        if not found and not modules_matched and not config.target_modules:
+            raise ValueError("No `target_modules` passed but also no `target_parameters` found. Please check the "
+                             "values for these arguments.")
+        if not found and modules_matched:
+            warnings.warn(f"target_parameters={config.target_parameters} were set but no parameter was matched.",
+                          RuntimeWarning)
+        return bool(found)
+
+    def _wrap_parameter(self, config, adapter_name, model, module_key, param_name, full_key):
+        if not module_key:
+            raise ValueError(f"Targeting an nn.Parameter on the top-level module is not supported (parameter "
+                             f"'{param_name}'). ")
+        parent, target, target_name = get_submodules(model, module_key)
+        if isinstance(target, BaseTunerLayer) and not isinstance(target, ParamWrapper):
+            raise ValueError(f"Trying to wrap an `nn.Parameter` of layer '{module_key}' of type "
+                             f"{type(target).__name__}, which is not a valid target. Make sure that this layer is not "
+                             "also targeted with `target_modules`. For some models, PEFT will do this automatically, "
+                             "try setting `target_modules=[]` to prevent it.")
+        r, alpha = self._rank_and_alpha(config, full_key)
+        wrapper = target
+        while isinstance(wrapper, ParamWrapper) and wrapper.parameter_name != param_name:
+            wrapper = wrapper.base_layer
+        if isinstance(wrapper, ParamWrapper):  # a further adapter on an already wrapped Parameter
+            wrapper.update_layer(adapter_name, r, lora_alpha=alpha, config=config)
+        else:
+            replace_child(parent, target_name, ParamWrapper(target, adapter_name, param_name, config, r, alpha))
 
     def _mark_only_adapters_as_trainable(self, model):
         for name, param in model.parameters_and_names():
@@ -48,7 +125,83 @@ class LoraModel(BaseTuner):
         for _, layer in self.tuner_layers():
             if isinstance(layer, MultiheadAttention):
                 layer.release_out_proj(merge, safe_merge, adapter_names)
-        return super()._unload_and_optionally_merge(merge, safe_merge, adapter_names)
+        wrapped = [layer.get_base_layer() for _, layer in self.tuner_layers() if isinstance(layer, ParamWrapper)]
+        model = super()._unload_and_optionally_merge(merge, safe_merge, adapter_names)
+        for module in wrapped:
+            release_module(module)
+        return model
+
+    @contextmanager
+    def mixed_adapter_batch(self, adapter_names, batch_size=None):
+        """Inside the block, row ``i`` of the model's inputs runs with adapter ``adapter_names[i]`` only
+        (``"__base__"``: the base model), as HF peft's ``adapter_names`` at inference; ``PeftModel(...,
+        adapter_names=...)`` and ``PeftModel.generate(..., adapter_names=...)`` use it. A function compiled with
+        ``mindspore.jit`` inside the block keeps running mixed batches, reading the rows of the block it is called
+        in (for the batch size it was compiled for). HF peft's refusals: training mode, unknown adapters, a length
+        other than ``batch_size``, merged adapters, DoRA, MultiheadAttention and ParamWrapper layers."""
+        if not self.adapters_enabled:  # HF peft: adapters off, names ignored
+            yield
+            return
+        layers = [layer for _, layer in self.tuner_layers()]
+        known = set()
+        for layer in layers:
+            known.update(name for name in getattr(layer, "lora_A", {}).keys())
+            known.update(name for name in getattr(layer, "lora_embedding_A", {}).keys())
+        check_adapter_names(adapter_names, known, self.training, batch_size)
+        for layer in layers:
+            if not isinstance(layer, LoraLayer):
+                raise TypeError(f"{type(layer).__name__} layers do not support mixed adapter batches.")
+            layer._check_mixed_batch(adapter_names)
+        from ..trainable_tokens.layer import TrainableTokensWrapper
+
+        if any(isinstance(cell, (ModulesToSaveWrapper, TrainableTokensWrapper)) for _, cell in
+               self.model.cells_and_names()):
+            raise ValueError("mindpeft's mixed adapter batches (adapter_names) do not cover modules_to_save or "
+                             "trainable tokens yet: every row would get the active adapter's copy")
+        order = list(self.peft_config)
+        rows = self.__dict__.get("_adapter_rows")
+        if rows is None:
+            rows = self._adapter_rows = AdapterRows()
+        if rows.write([0 if name == BASE else order.index(name) + 1 for name in adapter_names]):
+            self._bump()  # graphs compiled with the smaller Parameter are stale
+        for layer in layers:
+            layer._mixed_rows = rows
+            layer._mixed_adapters = tuple((order.index(name) + 1, name) for name in layer.adapter_names()
+                                          if name in order and not layer.use_dora.get(name, False))
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer._mixed_rows, layer._mixed_adapters = None, ()
+
+    def convert_mutated_adapter(self, peft_model, adapter_name, state_dict, path_initial_model):
+        """``(state dict, config values)`` of ``adapter_name`` (a trained PiSSA/OLoRA adapter, ``state_dict`` its
+        saved tensors) as a plain LoRA adapter of rank 2r for the original base weights, HF peft's
+        ``save_pretrained(path_initial_model_for_weight_conversion=...)``: the adapter as first initialised is
+        read from ``path_initial_model`` (its config rewritten with ``init_lora_weights=True`` there, as HF peft
+        does, so loading it leaves the base weights alone) and subtracted (see
+        :func:`.initialization.lora_from_mutated_adapter`)."""
+        from ...utils.save_and_load import get_peft_model_state_dict
+
+        config = self.peft_config[adapter_name]
+        if config.use_rslora and (config.rank_pattern or config.alpha_pattern):
+            raise ValueError("Passing `path_initial_model_for_weight_conversion` to `save_pretrained` is not "
+                             "supported when using `rank_pattern` or `alpha_pattern` at the same time as "
+                             "`use_rslora=True`.")
+        if not (mutates_base_weight(config.init_lora_weights) or config.init_lora_weights is True):
+            warnings.warn("`path_initial_model_for_weight_conversion` only works for converting a "
+                          "PiSSA/CorDA/OLoRA/LoRA-GA adapter to a LoRA adapter")
+        write_text(os.path.join(path_initial_model, CONFIG_NAME),
+                   config.to_json_string(init_lora_weights=True))
+        initial_name = os.path.basename(os.path.normpath(path_initial_model))
+        was_training = peft_model.training
+        peft_model.load_adapter(path_initial_model, adapter_name=initial_name)
+        try:
+            initial = get_peft_model_state_dict(peft_model, adapter_name=initial_name)
+        finally:
+            peft_model.delete_adapter(initial_name)
+            peft_model.set_train(was_training)
+        return lora_from_mutated_adapter(state_dict, initial), converted_config_values(config)
 
     def _check_add_weighted_adapter(self, adapters, combination_type, svd_rank):
         for adapter in adapters:

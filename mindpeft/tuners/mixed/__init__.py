@@ -1,0 +1,1 @@
+from .model import COMPATIBLE_TUNER_TYPES, MixedModel
