@@ -93,8 +93,8 @@ def test_adapter_config_with_unsupported_features(saved_adapter):
     json.dump({**config, "layer_replication": [[0, 2]]}, open(file, "w"))
     with pytest.raises(ValueError, match="options mindpeft does not support.*layer_replication"):
         PeftConfig.from_pretrained(saved_adapter)
-    json.dump({**config, "peft_type": "VERA"}, open(file, "w"))
-    with pytest.raises(ValueError, match="Unknown or unsupported peft_type 'VERA'"):
+    json.dump({**config, "peft_type": "SHIRA"}, open(file, "w"))
+    with pytest.raises(ValueError, match="Unknown or unsupported peft_type 'SHIRA'"):
         PeftConfig.from_pretrained(saved_adapter)
 
 

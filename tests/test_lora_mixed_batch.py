@@ -96,6 +96,10 @@ def test_compiled_forward_reads_new_adapter_names_without_compiling(gpt2_adapter
     assert len(graph_api.ms_compile_cache) == count
     assert _close(first, _logits(model, ids, adapter_names=NAMES))
     assert _close(second, _logits(model, ids, adapter_names=others))
+    big, names = rand_ids((10, 3), seed=4), ["other", "__base__", "default", "other", "default"] * 2
+    assert _close(_logits(model, big, adapter_names=names), _alone(model, big, names, lambda m: _logits(m, big)))
+    with model.mixed_adapter_batch(NAMES):  # the batch of 10 needed more rows: the compiled graph still reads its own
+        assert _close(compiled(ms_ids(ids)).asnumpy(), first)
 
 
 def test_generate_rows_use_their_adapters_compiled_and_eager(gpt2_adapters):
@@ -103,24 +107,24 @@ def test_generate_rows_use_their_adapters_compiled_and_eager(gpt2_adapters):
     model = _ours(path, folder)
     ids = rand_ids((4, 5), seed=3)
     kwargs = dict(input_ids=ms_ids(ids), max_new_tokens=8, eos_token_id=-1)
-    plain = model.generate(**kwargs).asnumpy()  # the plain decode graph, compiled first
-    mixed = model.generate(adapter_names=NAMES, **kwargs).asnumpy()
+    alone = _alone(model, ids, NAMES, lambda m: m.generate(jit=False, **kwargs).asnumpy())
+    plain = model.generate(**kwargs).asnumpy()  # the plain decode graph
+    mixed = model.generate(adapter_names=NAMES, **kwargs).asnumpy()  # the mixed one
+    np.testing.assert_array_equal(mixed, alone)
     np.testing.assert_array_equal(mixed, model.generate(adapter_names=NAMES, jit=False, **kwargs).asnumpy())
-    np.testing.assert_array_equal(mixed, _alone(model, ids, NAMES, lambda m: m.generate(**kwargs).asnumpy()))
     with torch.no_grad():
         expected = hf.generate(input_ids=torch_ids(ids), adapter_names=NAMES, max_new_tokens=8, min_new_tokens=8,
                                do_sample=False, pad_token_id=0).numpy()
     np.testing.assert_array_equal(mixed, expected)
     assert not np.array_equal(mixed[1], plain[1])
 
-    model.generate(adapter_names=NAMES, **kwargs)  # set_adapter above changed the adapter state: new graphs
-    model.generate(**kwargs)
     count = len(graph_api.ms_compile_cache)  # other names, and the plain graph again: nothing new to compile
     others = ["__base__", "other", "default", "__base__"]
     swapped = model.generate(adapter_names=others, **kwargs).asnumpy()
     np.testing.assert_array_equal(plain, model.generate(**kwargs).asnumpy())
     assert len(graph_api.ms_compile_cache) == count
     np.testing.assert_array_equal(swapped, model.generate(adapter_names=others, jit=False, **kwargs).asnumpy())
+    assert not np.array_equal(swapped, mixed)
 
 
 class TorchConvNet(tnn.Module):

@@ -20,26 +20,30 @@ _NAMES = itertools.count()
 
 
 class AdapterRows:
-    """The per-row adapter numbers of the running mixed batch, in an int32 Parameter the LoRA layers share.
+    """The per-row adapter numbers of the running mixed batch, in an int32 Parameter the LoRA layers share (they
+    read its first ``batch`` entries).
 
-    The Parameter only grows (a compiled graph keeps the storage it was compiled with; writes into it in place reach
-    it, a new storage would not); layers read its first ``batch`` entries.
+    A larger batch gets a larger Parameter; the earlier ones are kept and written too (their first entries), since
+    a graph compiled for a smaller batch keeps reading the Parameter it was compiled with.
     """
 
     def __init__(self):
         self.rows = None
+        self._earlier = []
 
     def write(self, numbers):
-        """Store ``numbers`` (one per row); ``True`` when the Parameter had to grow (compiled graphs are stale)."""
-        grown = self.rows is None or self.rows.shape[0] < len(numbers)
-        if grown:
+        """Store ``numbers`` (one per row)."""
+        if self.rows is None or self.rows.shape[0] < len(numbers):
+            if self.rows is not None:
+                self._earlier.append(self.rows)
             capacity = max(8, 1 << (len(numbers) - 1).bit_length())
             self.rows = Parameter(Tensor(np.zeros(capacity, np.int32)), name=f"lora_mixed_batch_rows_{next(_NAMES)}",
                                   requires_grad=False)
-        padded = np.zeros(self.rows.shape[0], np.int32)
-        padded[: len(numbers)] = numbers
-        write_parameter(self.rows, padded)
-        return grown
+        for param in (*self._earlier, self.rows):
+            padded = np.zeros(param.shape[0], np.int32)
+            count = min(len(numbers), param.shape[0])
+            padded[:count] = numbers[:count]
+            write_parameter(param, padded)
 
 
 def check_adapter_names(adapter_names, known, training, batch_size):

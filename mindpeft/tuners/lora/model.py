@@ -145,8 +145,7 @@ class LoraModel(BaseTuner):
         layers = [layer for _, layer in self.tuner_layers()]
         known = set()
         for layer in layers:
-            known.update(name for name in getattr(layer, "lora_A", {}).keys())
-            known.update(name for name in getattr(layer, "lora_embedding_A", {}).keys())
+            known.update(getattr(layer, "lora_A", {}).keys(), getattr(layer, "lora_embedding_A", {}).keys())
         check_adapter_names(adapter_names, known, self.training, batch_size)
         for layer in layers:
             if not isinstance(layer, LoraLayer):
@@ -162,8 +161,7 @@ class LoraModel(BaseTuner):
         rows = self.__dict__.get("_adapter_rows")
         if rows is None:
             rows = self._adapter_rows = AdapterRows()
-        if rows.write([0 if name == BASE else order.index(name) + 1 for name in adapter_names]):
-            self._bump()  # graphs compiled with the smaller Parameter are stale
+        rows.write([0 if name == BASE else order.index(name) + 1 for name in adapter_names])
         for layer in layers:
             layer._mixed_rows = rows
             layer._mixed_adapters = tuple((order.index(name) + 1, name) for name in layer.adapter_names()
@@ -207,9 +205,10 @@ class LoraModel(BaseTuner):
         for adapter in adapters:
             if adapter not in self.peft_config:
                 raise ValueError(f"Adapter {adapter} does not exist")
-            if self.peft_config[adapter].use_dora or self.peft_config[adapter].lora_bias:
+            config = self.peft_config[adapter]
+            if config.use_dora or config.lora_bias or config.target_parameters:
                 raise ValueError(f"add_weighted_adapter combines plain LoRA adapters only; adapter {adapter!r} uses "
-                                 "use_dora=True or lora_bias=True")
+                                 "use_dora=True, lora_bias=True or target_parameters")
         wrappers = [c for _, c in self.model.cells_and_names() if isinstance(c, ModulesToSaveWrapper)]
         if any(sum(a in w.adapter_names() for a in adapters) > 1 for w in wrappers):
             raise ValueError("Cannot add weighted adapters if they target the same module with modules_to_save")
