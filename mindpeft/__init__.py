@@ -26,6 +26,8 @@ from .tuners import (MultitaskPromptEmbedding, MultitaskPromptTuningConfig, Mult
                      PolyModel)
 from .tuners import TrainableTokensConfig, TrainableTokensModel
 from .tuners import FourierFTConfig, FourierFTModel, HRAConfig, HRAModel, VeraConfig, VeraModel
+from .quantization import (BitsAndBytesConfig, LoftQConfig, QuantizationConfig, prepare_model_for_kbit_training,
+                           replace_lora_weights_loftq)
 from .training.schedules import get_linear_schedule_with_warmup
 from .training import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
 from .utils import (PeftType, TaskType, get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict,

@@ -9,13 +9,15 @@ from .utils.registry import (PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MA
 MODEL_TYPE_TO_PEFT_MODEL_MAPPING = TASK_TYPE_TO_PEFT_MODEL
 
 
-def get_peft_model(model, peft_config, adapter_name="default", mixed=False):
+def get_peft_model(model, peft_config, adapter_name="default", mixed=False, autocast_adapter_dtype=True):
     """Wrap ``model`` (any ``mindspore.nn.Cell``) with the adapter ``peft_config`` describes.
 
     Returns the PeftModel subclass for ``peft_config.task_type`` (plain :class:`PeftModel` when it is unset), or
     with ``mixed=True`` a :class:`~mindpeft.PeftMixedModel` (adapters of LoRA, LoHa, LoKr and OFT together).
     A model that already holds adapters gets HF peft's warning; one that already holds an adapter named
     ``adapter_name`` is refused, since wrapping it again would re-initialise that adapter's trained weights.
+    ``autocast_adapter_dtype`` (HF peft's): adapter weights stay float32 on a float16 or bfloat16 base (the adapter
+    layers cast their input and output); ``False`` gives them the base layer's dtype.
     """
     from .tuners.tuners_utils import BaseTunerLayer
 
@@ -32,7 +34,8 @@ def get_peft_model(model, peft_config, adapter_name="default", mixed=False):
         from .mixed_model import PeftMixedModel
         return PeftMixedModel(model, peft_config, adapter_name)
     task = peft_config.task_type.value if peft_config.task_type is not None else None
-    return MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(task, PeftModel)(model, peft_config, adapter_name)
+    return MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(task, PeftModel)(model, peft_config, adapter_name,
+                                                                  autocast_adapter_dtype=autocast_adapter_dtype)
 
 
 def inject_adapter_in_model(peft_config, model, adapter_name="default"):

@@ -8,7 +8,10 @@ from mindspore import Tensor, nn, ops
 
 from .config import PeftConfig
 from .models.model_outputs import ModelOutputMixin
+from .models.gradient_checkpointing import (disable_gradient_checkpointing, enable_gradient_checkpointing,
+                                            is_gradient_checkpointing)
 from .models.modeling_utils import sync_parameter_names
+from .tuners.tuners_utils import cast_adapter_dtype
 from .utils.constants import CONFIG_NAME, TASK_HEAD_MODULE_NAMES
 from .utils.hub import resolve_folder
 from .utils.io import atomic_directory, write_text
@@ -33,7 +36,7 @@ class PeftModel(ModelOutputMixin, nn.Cell):
         adapter_name: name of the first adapter.
     """
 
-    def __init__(self, model, peft_config, adapter_name="default", _encoded_prompts=False):
+    def __init__(self, model, peft_config, adapter_name="default", autocast_adapter_dtype=True, _encoded_prompts=False):
         super().__init__()
         model_cls = get_model_class(peft_config.peft_type)
         if peft_config.base_model_name_or_path is None:
@@ -51,6 +54,7 @@ class PeftModel(ModelOutputMixin, nn.Cell):
             self._add_prompt_adapter(adapter_name, peft_config, _encoded_prompts)
         else:
             self.base_model = model_cls(model, {adapter_name: peft_config}, adapter_name)
+            cast_adapter_dtype(self.base_model.model, adapter_name, autocast_adapter_dtype)
         if peft_config.inference_mode:
             self.set_train(False)
 
@@ -112,6 +116,17 @@ class PeftModel(ModelOutputMixin, nn.Cell):
     def get_base_model(self):
         return self.base_model if self._is_prompt_learning else self.base_model.model
 
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+        """Gradient checkpointing of the base model's layers (:mod:`mindpeft.models.gradient_checkpointing`)."""
+        enable_gradient_checkpointing(self.get_base_model(), gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self):
+        disable_gradient_checkpointing(self.get_base_model())
+
+    @property
+    def is_gradient_checkpointing(self):
+        return is_gradient_checkpointing(self.get_base_model())
+
     def get_nb_trainable_parameters(self):
         """``(trainable, total)`` parameter counts; each shared Parameter is counted once."""
         trainable, total = 0, 0
@@ -138,8 +153,9 @@ class PeftModel(ModelOutputMixin, nn.Cell):
               f"trainable%: {100 * trainable / total:.4f}")
 
     # ----- adapters ----------------------------------------------------------------------------------
-    def add_adapter(self, adapter_name, peft_config):
-        """Add a second adapter (not activated; use :meth:`set_adapter`)."""
+    def add_adapter(self, adapter_name, peft_config, autocast_adapter_dtype=True):
+        """Add a second adapter (not activated; use :meth:`set_adapter`); ``autocast_adapter_dtype`` as in
+        :func:`mindpeft.get_peft_model`."""
         if peft_config.peft_type != self.peft_type:
             raise ValueError(f"Cannot combine adapters with different peft types. Found {self.peft_type.value} "
                              f"and {peft_config.peft_type.value}.")
@@ -157,6 +173,7 @@ class PeftModel(ModelOutputMixin, nn.Cell):
         except Exception:
             del self.base_model.peft_config[adapter_name]
             raise
+        cast_adapter_dtype(self.base_model.model, adapter_name, autocast_adapter_dtype)
 
     def _prepare_config(self, peft_config):
         """Add the task's head (classifier, qa_outputs) to ``modules_to_save`` before injection, as HF peft does."""

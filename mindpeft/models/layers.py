@@ -29,7 +29,10 @@ _matmul_nt = ops.MatMul(transpose_b=True)
 
 def linear(x, weight, bias=None):
     """``x W^T + b`` for ``x`` of any rank, as one 2-D MatMul: on CPU ``ops.dense``/``ops.matmul`` on 3-D input and
-    their gradients (explicit transposes, weight broadcasts) are about 2x slower."""
+    their gradients (explicit transposes, weight broadcasts) are about 2x slower. ``x`` is cast to the weight's
+    dtype (MatMul takes one dtype): float16 models keep some weights in float32 (T5's ``wo``)."""
+    if x.dtype != weight.dtype:
+        x = x.astype(weight.dtype)
     out = _matmul_nt(x.view(-1, x.shape[-1]), weight)
     if bias is not None:
         out = out + bias
@@ -72,6 +75,8 @@ class Conv1D(nn.Cell):
 
     def construct(self, x):
         # One 2-D MatMul: ops.matmul on 3-D input broadcasts the weight over the batch first (slow on CPU).
+        if x.dtype != self.weight.dtype:
+            x = x.astype(self.weight.dtype)
         return (_matmul(x.view(-1, self.nx), self.weight) + self.bias).view(x.shape[:-1] + (self.nf,))
 
     def extend_repr(self):

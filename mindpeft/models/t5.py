@@ -298,6 +298,7 @@ class T5PreTrainedModel(PreTrainedModel, GenerationMixin):
     supports_static_cache = True
     base_model_prefix = "transformer"
     _tied_keys = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+    _keep_in_fp32_modules = ("wo",)  # as transformers: T5's feed-forward output overflows float16
 
 
 def shift_right(labels, decoder_start_token_id, pad_token_id):

@@ -8,6 +8,6 @@ from .config import BitsAndBytesConfig, QuantizationConfig
 from .kbit_training import prepare_model_for_kbit_training
 from .layers import Linear4bit, Linear8bitLt, QuantizedLinear
 from .loftq import LoftQConfig, loftq_init, loftq_init_layer, replace_lora_weights_loftq
-from .lora import QuantizedLinear as QuantizedLoraLinear
+from .lora import QuantizedLoraLinear
 from .tuners import QuantizedIA3Linear, QuantizedSVDLinear
 from .utils import dequantize_model, quantized_model_bytes

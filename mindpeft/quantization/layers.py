@@ -2,9 +2,12 @@
 :class:`Linear4bit` (packed NF4/FP4 codes + block absmax, optionally double-quantized).
 
 ``construct`` dequantizes the weight with classic ``ops`` (a table gather and block scaling, bit-identical to
-:mod:`mindpeft.quantization.functional`) and runs one float MatMul: memory holds the quantized weights, and one
-layer's float weight at a time while it computes. This is the path on every device; Ascend's quantized matmul
-kernels (``WeightQuantBatchMatmul``) are not used here and not tested.
+:mod:`mindpeft.quantization.functional`) and runs one float MatMul; the backward dequantizes the weight again
+instead of keeping it (bitsandbytes' ``MatMul4Bit`` does the same). In PyNative, memory then holds the quantized
+weights and one layer's float weight at a time, in training too. Measured on MindSpore 2.10 CPU, a
+``mindspore.jit`` graph keeps every intermediate tensor until the call ends (plain float ops too), so there each
+layer's dequantized weight stays allocated during a compiled step. This is the path on every device; Ascend's
+quantized matmul kernels (``WeightQuantBatchMatmul``) are not used here and not tested.
 
 The Parameters are named so the checkpoint keys follow from them (see :mod:`mindpeft.quantization.serialization`):
 ``weight`` (codes), ``weight_absmax``, ``weight_nested_absmax``, ``weight_nested_offset`` and ``SCB``.
@@ -31,6 +34,48 @@ def _scale_blocks(values, scales, blocksize, count):
         values = ops.cat([values, ops.zeros(padding, values.dtype)])
     scaled = (values.reshape(-1, blocksize) * scales.reshape(-1, 1)).reshape(-1)
     return scaled if scaled.shape[0] == count else scaled[:count]
+
+
+class _DequantizingMatMul(nn.Cell):
+    """``x W^T`` (``x`` 2-D) for a weight given as its codes and scales. Its backward gives ``x`` the gradient
+    ``dy W`` with ``W`` dequantized anew, and the codes and scales none."""
+
+    def weight_from(self, codes, scales):
+        """The float32 weight (out, in)."""
+        raise NotImplementedError
+
+    def _weight(self, codes, scales, dtype):
+        weight = self.weight_from(codes, scales)
+        return weight if weight.dtype == dtype else weight.astype(dtype)
+
+    def construct(self, x, codes, scales):
+        return linear(x, self._weight(codes, scales, x.dtype))
+
+    def bprop(self, x, codes, scales, out, dout):
+        return ops.matmul(dout, self._weight(codes, scales, dout.dtype)), ops.zeros_like(codes), \
+            ops.zeros_like(scales)
+
+
+class _Int8MatMul(_DequantizingMatMul):
+    def weight_from(self, codes, scales):
+        return codes.astype(ms.float32) * scales.reshape(-1, 1) * Tensor(F.INT8_SCALE)
+
+
+class _FourBitMatMul(_DequantizingMatMul):
+    def __init__(self, code, shape, blocksize):
+        super().__init__()
+        high, low = np.divmod(np.arange(256), 16)
+        self.code_pairs = Tensor(np.stack([code[high], code[low]], axis=1))  # byte -> its two values
+        self.weight_shape = shape
+        self.blocksize = blocksize
+
+    def weight_from(self, codes, scales):
+        count = self.weight_shape[0] * self.weight_shape[1]
+        if count % self.blocksize == 0:  # whole blocks: gather straight into (blocks, pairs, 2), one scaling
+            pairs = ops.gather(self.code_pairs, codes.reshape(-1, self.blocksize // 2).astype(ms.int32), 0)
+            return (pairs * scales.reshape(-1, 1, 1)).reshape(self.weight_shape)
+        values = ops.gather(self.code_pairs, codes.reshape(-1).astype(ms.int32), 0).reshape(-1)
+        return _scale_blocks(values, scales, self.blocksize, count).reshape(self.weight_shape)
 
 
 class QuantizedLinear(nn.Cell):
@@ -86,6 +131,7 @@ class Linear8bitLt(QuantizedLinear):
         super().__init__(in_features, out_features, bias, from_conv1d)
         self.weight = _frozen(np.zeros((out_features, in_features), np.int8), "weight")
         self.SCB = _frozen(np.zeros(out_features, np.float32), "SCB")
+        self.matmul = _Int8MatMul()
 
     def quantize_weight(self, weight):
         codes, row_absmax = F.quantize_int8(weight)
@@ -96,15 +142,16 @@ class Linear8bitLt(QuantizedLinear):
         return F.dequantize_int8(self.weight.asnumpy(), self.SCB.asnumpy())
 
     def dequantized_weight(self, dtype=ms.float32):
-        weight = self.weight.astype(ms.float32) * self.SCB.reshape(-1, 1) * Tensor(F.INT8_SCALE)
-        return weight.astype(dtype)
+        return self.matmul.weight_from(self.weight, self.SCB).astype(dtype)
 
     def storage(self):
         return {"weight": self.weight, "SCB": self.SCB}
 
     def construct(self, x):
-        bias = None if self.bias is None else self.bias.astype(x.dtype)
-        return linear(x, self.dequantized_weight(x.dtype), bias)
+        out = self.matmul(x.reshape(-1, self.in_features), self.weight, self.SCB)
+        if self.bias is not None:
+            out = out + self.bias.astype(x.dtype)
+        return out.reshape(x.shape[:-1] + (self.out_features,))
 
 
 class Linear4bit(QuantizedLinear):
@@ -130,9 +177,7 @@ class Linear4bit(QuantizedLinear):
         self.weight_dtype = "float32"  # the float dtype the weight was quantized from (bitsandbytes' quant state)
         self.numel = in_features * out_features
         self.n_blocks = math.ceil(self.numel / blocksize)
-        code = F.CODES[quant_type]
-        high, low = np.divmod(np.arange(256), 16)
-        self.code_pairs = Tensor(np.stack([code[high], code[low]], axis=1))  # byte -> its two values
+        self.matmul = _FourBitMatMul(F.CODES[quant_type], self.shape, blocksize)
         self.weight = _frozen(np.zeros(((self.numel + 1) // 2, 1), np.uint8), "weight")
         if compress_statistics:
             self.nested_code = Tensor(F.DYNAMIC_MAP)
@@ -170,9 +215,7 @@ class Linear4bit(QuantizedLinear):
             self.weight_nested_offset
 
     def dequantized_weight(self, dtype=ms.float32):
-        values = ops.gather(self.code_pairs, self.weight.reshape(-1).astype(ms.int32), 0).reshape(-1)
-        weight = _scale_blocks(values, self.block_scales(), self.blocksize, self.numel)
-        return weight.reshape(self.out_features, self.in_features).astype(dtype)
+        return self.matmul.weight_from(self.weight, self.block_scales()).astype(dtype)
 
     def storage(self):
         names = ["weight", "weight_absmax"] + (["weight_nested_absmax", "weight_nested_offset"]
@@ -180,9 +223,11 @@ class Linear4bit(QuantizedLinear):
         return {name: getattr(self, name) for name in names}
 
     def construct(self, x):
-        compute = x.astype(self.compute_dtype)
-        bias = None if self.bias is None else self.bias.astype(self.compute_dtype)
-        return linear(compute, self.dequantized_weight(self.compute_dtype), bias).astype(x.dtype)
+        out = self.matmul(x.reshape(-1, self.in_features).astype(self.compute_dtype), self.weight,
+                          self.block_scales())
+        if self.bias is not None:
+            out = out + self.bias.astype(self.compute_dtype)
+        return out.reshape(x.shape[:-1] + (self.out_features,)).astype(x.dtype)
 
     def extend_repr(self):
         return (f"{super().extend_repr()}, quant_type={self.quant_type}, "

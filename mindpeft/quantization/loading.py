@@ -7,19 +7,15 @@ the modules kept in float), and the checkpoint is read one tensor at a time, eac
 as it is read. Peak memory is the quantized model plus the largest single tensor.
 """
 import inspect
-import json
-import os
 import re
-from collections.abc import Mapping
 from contextlib import contextmanager
 
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn
-from safetensors import SafetensorError, safe_open
 
 from ..models.layers import Conv1D, Linear
-from ..models.modeling_utils import _read_bfloat16, sync_parameter_names
+from ..models.modeling_utils import sync_parameter_names
 from ..tuners.tuners_utils import replace_everywhere
 from .config import QuantizationConfig
 from .layers import Linear4bit, Linear8bitLt
@@ -28,38 +24,6 @@ from .serialization import quantized_layers
 # transformers keeps these modules in float32 (``_keep_in_fp32_modules``), quantization included.
 KEEP_IN_FLOAT = {"t5": ("wo",), "mt5": ("wo",)}
 OUTPUT_HEADS = ("lm_head", "proj_out")  # output embeddings, never quantized by default
-
-
-class LazySafetensors(Mapping):
-    """``{key: numpy array}`` of a ``.safetensors`` file (or the shards a ``model.safetensors.index.json`` names),
-    each tensor read when asked for; bfloat16 is widened to float32 as :func:`load_safetensors` does."""
-
-    def __init__(self, path):
-        if path.endswith(".json"):
-            with open(path, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
-            folder = os.path.dirname(path)
-            self.files = {key: os.path.join(folder, name) for key, name in weight_map.items()}
-        else:
-            try:
-                with safe_open(path, framework="numpy") as f:
-                    self.files = {key: path for key in f.keys()}
-            except SafetensorError as err:
-                raise ValueError(f"{path} is not a readable safetensors file (empty, truncated or damaged?): "
-                                 f"{err}") from None
-
-    def __iter__(self):
-        return iter(self.files)
-
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, key):
-        path = self.files[key]
-        with safe_open(path, framework="numpy") as f:
-            if f.get_slice(key).get_dtype() == "BF16":
-                return _read_bfloat16(path, [key])[key]
-            return f.get_tensor(key)
 
 
 @contextmanager
@@ -99,7 +63,8 @@ def _matches(name, patterns):
 def _modules_kept_in_float(model, qconfig):
     """Module name patterns not to quantize: ``llm_int8_skip_modules`` if given, else transformers' defaults (the
     output embeddings and the module of the model's last weight), plus the family's float32 modules."""
-    keep = list(KEEP_IN_FLOAT.get(getattr(model.config, "model_type", None), ()))
+    keep = list(getattr(model, "_keep_in_fp32_modules", ()))
+    keep += KEEP_IN_FLOAT.get(getattr(model.config, "model_type", None), ())
     if qconfig.llm_int8_skip_modules is not None:
         return keep + list(qconfig.llm_int8_skip_modules)
     names = [name for name, _ in model.parameters_and_names()]
@@ -156,10 +121,23 @@ def _check_compute_dtype(qconfig):
                          "backend lacks; use 'float32' or 'float16' on CPU")
 
 
-def load_quantized_model(cls, config, weights, strict=None, source=None):
+def _cast_float_parameters(model, dtype):
+    """``ms_dtype`` for the Parameters outside the quantized storage (norms, embeddings, biases, float heads); in
+    float16 the model's ``_keep_in_fp32_modules`` stay float32."""
+    storage = {id(p) for layer in quantized_layers(model).values() for p in layer.storage().values()}
+    keep = getattr(model, "_keep_in_fp32_modules", ()) if dtype == ms.float16 else ()
+    for name, param in model.parameters_and_names():
+        if id(param) in storage or any(part in keep for part in name.split(".")):
+            continue
+        if param.dtype in (ms.float16, ms.bfloat16, ms.float32) and param.dtype != dtype:
+            param.set_dtype(dtype)
+
+
+def load_quantized_model(cls, config, checkpoint, dtype=None, strict=None, source=None):
     """Build ``cls(config)`` with the linear layers quantized as ``config.quantization_config`` says (a
     :class:`QuantizationConfig`, transformers' ``BitsAndBytesConfig`` or the dict of a saved quantized model) and
-    load ``weights`` (a float checkpoint, quantized while read, or a bitsandbytes-quantized one)."""
+    load ``checkpoint`` (a lazy ``{key: array}`` mapping of a float checkpoint, quantized while read, or of a
+    bitsandbytes-quantized one). ``dtype``: the dtype of the Parameters that are not quantized."""
     qconfig = QuantizationConfig.from_value(config.quantization_config)
     if qconfig.bits is None:
         raise ValueError("quantization_config quantizes nothing: set load_in_8bit=True or load_in_4bit=True")
@@ -168,12 +146,12 @@ def load_quantized_model(cls, config, weights, strict=None, source=None):
     with _placeholder_linear_layers():
         model = cls(config)
     quantized = _replace_placeholders(model, qconfig)
-    missing, _ = model.load_state_dict(LazySafetensors(weights), strict=strict, source=source)
+    if dtype is not None:
+        _cast_float_parameters(model, dtype)
+    missing, _ = model.load_state_dict(checkpoint, strict=strict, source=source)
     _initialise_missing(quantized, missing)
     model.is_loaded_in_8bit = qconfig.bits == 8
     model.is_loaded_in_4bit = qconfig.bits == 4
     model.quantization_method = qconfig.quant_method
     model.set_train(False)
     return model
-
-

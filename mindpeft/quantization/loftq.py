@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..config import describe, is_integer
-from ..models.modeling_utils import write_parameter
+from ..models.modeling_utils import SafetensorsCheckpoint, checkpoint_file, write_parameter
 from . import functional as F
-from .loading import LazySafetensors
-from .lora import QuantizedLinear as QuantizedLoraLinear
+from .lora import QuantizedLoraLinear
 
 
 @dataclass
@@ -78,21 +77,16 @@ def _checkpoint_reader(peft_model, model_path):
         if not model_path:
             raise ValueError("The provided model does not appear to be a transformers model or is a local model. In "
                              "this case, you must pass the model_path argument that points to the safetensors file.")
-    if os.path.isdir(model_path):
-        index = os.path.join(model_path, "model.safetensors.index.json")
-        model_path = index if os.path.isfile(index) else os.path.join(model_path, "model.safetensors")
-    if not os.path.isfile(model_path):
-        raise FileNotFoundError(f"Could not find file for {model_path}, ensure that there is a (sharded) safetensors "
-                                "file of the model.")
-    return LazySafetensors(model_path)
+    return SafetensorsCheckpoint(checkpoint_file(model_path) if os.path.isdir(model_path) else model_path)
 
 
 def _float_weight(reader, base_model, path, layer):
     """The float checkpoint weight (out, in) of the quantized layer at ``path``."""
     prefix = getattr(base_model, "base_model_prefix", "")
     candidates = [f"{path}.weight"]
-    if prefix:
-        candidates += [f"{path[len(prefix) + 1:]}.weight" if path.startswith(prefix + ".") else f"{prefix}.{path}.weight"]
+    if prefix:  # the checkpoint may name the backbone with or without the prefix
+        stripped = path[len(prefix) + 1:] if path.startswith(prefix + ".") else f"{prefix}.{path}"
+        candidates.append(f"{stripped}.weight")
     key = next((k for k in candidates if k in reader), None)
     if key is None:
         raise KeyError(f"No weight {candidates[0]!r} in the checkpoint")
@@ -126,7 +120,7 @@ def replace_lora_weights_loftq(peft_model, model_path=None, adapter_name="defaul
         weight = _float_weight(reader, base_model, path, layer)
         lora_b, lora_a = _low_rank(weight - layer.get_base_layer().dequantize_numpy(), layer.r[adapter_name])
         params = (layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight)
-        before = [p.asnumpy() for p in params]
+        before = [p.asnumpy().copy() for p in params]  # asnumpy shares the Parameter's memory
         for param, value in zip(params, (lora_a, lora_b)):
             write_parameter(param, value)
         if callback is not None and not callback(peft_model, path):

@@ -15,7 +15,7 @@ from ..tuners.lora.layer import LORA_LAYERS, Linear as LoraLinear
 from .layers import Linear4bit, Linear8bitLt
 
 
-class QuantizedLinear(LoraLinear):
+class QuantizedLoraLinear(LoraLinear):
     """LoRA around :class:`~mindpeft.quantization.layers.Linear8bitLt` or
     :class:`~mindpeft.quantization.layers.Linear4bit`; the adapter weights (and file keys) are a plain LoRA
     linear layer's. ``float_class`` is the class it becomes when its base is dequantized."""
@@ -60,9 +60,7 @@ class QuantizedLinear(LoraLinear):
             self.merged_adapters.append(name)
 
     def unmerge(self):
-        if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
-            return
+        """Dequantize the base weight, subtract the merged adapters and quantize the result again."""
         while self.merged_adapters:
             self._rewrite_base(self.merged_adapters.pop(), False)
 
@@ -83,5 +81,5 @@ class QuantizedLinear(LoraLinear):
         return result + (magnitude - 1) * base_result + magnitude * lora_b(lora_a(x)) * scaling
 
 
-LORA_LAYERS[Linear8bitLt] = QuantizedLinear
-LORA_LAYERS[Linear4bit] = QuantizedLinear
+LORA_LAYERS[Linear8bitLt] = QuantizedLoraLinear
+LORA_LAYERS[Linear4bit] = QuantizedLoraLinear

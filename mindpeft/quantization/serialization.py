@@ -7,7 +7,6 @@ For a layer ``p`` quantized to 4 bits: ``p.weight`` (packed uint8 (ceil(n / 2), 
 as a uint8 tensor. For 8 bits: ``p.weight`` (int8), ``p.SCB`` and ``p.weight_format`` (0, row-major).
 """
 import json
-from collections.abc import Mapping
 
 import numpy as np
 
@@ -52,10 +51,11 @@ def quantized_checkpoint(model, state):
     return out
 
 
-class QuantizedCheckpoint(Mapping):
+class QuantizedCheckpoint:
     """A checkpoint (``{key: array}``, possibly read lazily) as the model's quantized layers name their
-    Parameters: float weights of quantized layers are quantized as they are read, one tensor at a time, and
-    bitsandbytes-format entries are renamed (their code tables and JSON checked against the layer).
+    Parameters, for ``load_state_dict``: iterating gives the keys, :meth:`items` the values. Float weights of
+    quantized layers are quantized as they are read, one tensor at a time; bitsandbytes-format entries are renamed
+    (their code tables and JSON checked against the layer).
     """
 
     def __init__(self, model, checkpoint):
@@ -108,12 +108,6 @@ class QuantizedCheckpoint(Mapping):
 
     def __len__(self):
         return sum(1 for _ in self)
-
-    def __getitem__(self, key):
-        for name, value in self.items():
-            if name == key:
-                return value
-        raise KeyError(key)
 
     def items(self):
         """``(key, array)`` pairs, each checkpoint tensor read (and quantized) when its turn comes."""
@@ -173,12 +167,20 @@ class QuantizedCheckpoint(Mapping):
 
     @staticmethod
     def _check_table(key, layer, suffix, value):
-        expected = {"weight.quant_map": F.CODES.get(getattr(layer, "quant_type", None)),
-                    "weight.nested_quant_map": F.DYNAMIC_MAP, "weight_format": np.array(0)}[suffix]
-        if not np.array_equal(np.asarray(value, np.float32).reshape(-1), np.asarray(expected, np.float32).reshape(-1)):
-            raise ValueError(f"The checkpoint's {key!r} is not bitsandbytes' standard "
-                             f"{'row-major format' if suffix == 'weight_format' else 'code table'}; mindpeft cannot "
-                             "load it")
+        value = np.asarray(value, np.float32).reshape(-1)
+        if suffix == "weight_format":
+            if value.tolist() != [0]:
+                raise ValueError(f"The checkpoint's {key!r} is {value.tolist()}, not bitsandbytes' row-major format 0; "
+                                 "mindpeft cannot load it")
+            return
+        tables = F.CODES if suffix == "weight.quant_map" else {"dynamic": F.DYNAMIC_MAP}
+        found = next((name for name, table in tables.items() if np.array_equal(value, table)), None)
+        if found is None:
+            raise ValueError(f"The checkpoint's {key!r} is not one of bitsandbytes' standard code tables; mindpeft "
+                             "cannot load it")
+        if suffix == "weight.quant_map" and found != layer.quant_type:
+            raise ValueError(f"The checkpoint's {key!r} holds quant_type {found!r} codes, the model "
+                             f"{layer.quant_type!r} (bnb_4bit_quant_type)")
 
 
 def quantized_model_state(model, checkpoint):

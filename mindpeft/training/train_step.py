@@ -4,9 +4,11 @@ Graph mode bakes adapter state (active adapter, enabled, merged) and train/eval 
 so these wrappers recompile whenever ``model.state_version`` or ``model.training`` changes.
 """
 import itertools
+import numbers
 
 import mindspore as ms
 from mindspore import ops
+from mindspore.amp import DynamicLossScaler, StaticLossScaler, all_finite
 
 from ..models.model_outputs import to_model_output
 
@@ -43,7 +45,9 @@ def value_and_grad(loss_fn, params):
 
 
 class _StateAwareJit:
-    """Calls ``self._build()``'s function, rebuilt when the model's adapter state or train mode changes."""
+    """Calls ``self._build()``'s function, rebuilt when the model's adapter state, its train mode or its gradient
+    checkpointing changes (not on every global graph-version move: other models' changes must not recompile this
+    one, which hot-swapping relies on)."""
 
     def __init__(self, model, jit=True):
         self.model = model
@@ -55,7 +59,8 @@ class _StateAwareJit:
         raise NotImplementedError
 
     def __call__(self, **batch):
-        key = (getattr(self.model, "state_version", None), self.model.training)
+        key = (getattr(self.model, "state_version", None), self.model.training,
+               getattr(self.model, "is_gradient_checkpointing", False))
         if self._fn is None or key != self._key:
             fn = self._build()
             if self.jit:
@@ -90,15 +95,24 @@ class TrainStep(_StateAwareJit):
         loss_fn: ``(**batch) -> scalar loss``; defaults to ``model(**batch)["loss"]``.
         jit: compile with ``mindspore.jit`` (on CPU 2-7x faster than PyNative, most on small models).
         return_grads: return ``(loss, grads)``; AdaLoRA's ``update_and_allocate`` needs the gradients.
+        loss_scale: for float16 training, as torch's ``GradScaler``: ``"dynamic"`` (scale 2**16, halved on
+            overflow, doubled after 2000 finite steps), a number (a fixed scale) or a ``mindspore.amp``
+            ``DynamicLossScaler``/``StaticLossScaler``. The loss is multiplied by the scale before the gradients
+            are taken and the gradients divided by it; a step whose gradients are not all finite is skipped (the
+            optimizer is not called) and a dynamic scale adjusted. ``self.loss_scaler.scale_value`` is the scale.
+            The returned loss and gradients are unscaled.
     """
 
-    def __init__(self, model, optimizer, loss_fn=None, jit=True, return_grads=False):
+    def __init__(self, model, optimizer, loss_fn=None, jit=True, return_grads=False, loss_scale=None):
         super().__init__(model, jit)
         self.optimizer = optimizer
         self.loss_fn = loss_fn or model_loss(model)
         self.return_grads = return_grads
+        self.loss_scaler = _loss_scaler(loss_scale)
 
     def _build(self):
+        if self.loss_scaler is not None:
+            return self._build_scaled()
         grad_fn = value_and_grad(self.loss_fn, self.optimizer.parameters)
         optimizer = self.optimizer
         return_grads = self.return_grads
@@ -111,6 +125,43 @@ class TrainStep(_StateAwareJit):
             return loss
 
         return step
+
+
+    def _build_scaled(self):
+        loss_fn, scaler, optimizer = self.loss_fn, self.loss_scaler, self.optimizer
+        return_grads = self.return_grads
+
+        def scaled_loss(**batch):
+            return scaler.scale(loss_fn(**batch))
+
+        grad_fn = value_and_grad(scaled_loss, optimizer.parameters)
+
+        def step(**batch):
+            loss, grads = grad_fn(**batch)
+            loss = scaler.unscale(loss)
+            grads = scaler.unscale(grads)
+            finite = all_finite(grads)
+            if finite:
+                loss = ops.depend(loss, optimizer(grads))
+            if isinstance(scaler, DynamicLossScaler):
+                loss = ops.depend(loss, scaler.adjust(finite))
+            if return_grads:
+                return loss, grads
+            return loss
+
+        return step
+
+
+def _loss_scaler(loss_scale):
+    """A ``mindspore.amp`` loss scaler for :class:`TrainStep`'s ``loss_scale``."""
+    if loss_scale is None or isinstance(loss_scale, (DynamicLossScaler, StaticLossScaler)):
+        return loss_scale
+    if isinstance(loss_scale, str) and loss_scale == "dynamic":
+        return DynamicLossScaler(scale_value=2.0 ** 16, scale_factor=2, scale_window=2000)
+    if isinstance(loss_scale, numbers.Real) and not isinstance(loss_scale, bool) and loss_scale >= 1:
+        return StaticLossScaler(float(loss_scale))
+    raise ValueError(f"loss_scale={loss_scale!r} is not a loss scale: use 'dynamic', a number >= 1 or a "
+                     "mindspore.amp DynamicLossScaler / StaticLossScaler")
 
 
 class ForwardStep(_StateAwareJit):

@@ -9,6 +9,7 @@ import re
 import warnings
 from contextlib import contextmanager
 
+import mindspore as ms
 from mindspore import mint, nn
 
 from ..models.layers import Conv1D, Linear
@@ -229,6 +230,30 @@ def _params_of(container, key):
     return [item] if not isinstance(item, nn.Cell) else list(item.get_parameters())
 
 
+_FLOAT_DTYPES = (ms.float16, ms.bfloat16, ms.float32, ms.float64)
+
+
+def cast_adapter_dtype(model, adapter_name, autocast_adapter_dtype=True):
+    """HF peft's adapter dtypes. ``autocast_adapter_dtype=True``: the adapter's float16 and bfloat16 weights become
+    float32 (mindpeft creates adapters in float32, so they stay so on a float16 base). ``False``: the adapter takes
+    its base layer's floating-point dtype, as HF peft creates it."""
+    for _, layer in model.cells_and_names():
+        if not isinstance(layer, BaseTunerLayer):
+            continue
+        base_dtype = getattr(getattr(layer.get_base_layer(), "weight", None), "dtype", None)
+        for layer_name in layer.adapter_layer_names:
+            container = getattr(layer, layer_name)
+            if adapter_name not in container:
+                continue
+            for param in _params_of(container, adapter_name):
+                if autocast_adapter_dtype:
+                    target = ms.float32 if param.dtype in (ms.float16, ms.bfloat16) else param.dtype
+                else:
+                    target = base_dtype if param.dtype in _FLOAT_DTYPES and base_dtype in _FLOAT_DTYPES else param.dtype
+                if target != param.dtype:
+                    param.set_dtype(target)
+
+
 class BaseTuner(nn.Cell):
     """Wraps ``model`` and replaces its targeted layers with adapter layers.
 
@@ -276,7 +301,7 @@ class BaseTuner(nn.Cell):
         """Replace ``target_modules='all-linear'`` with every linear layer's name except the output head."""
         names = set()
         for key, cell in model.cells_and_names():
-            if isinstance(cell, (Linear, Conv1D, nn.Dense, mint.nn.Linear)):
+            if isinstance(cell, (Linear, Conv1D, nn.Dense, mint.nn.Linear)) or getattr(cell, "bits", None) in (4, 8):
                 names.add(key.split(".")[-1])
         names -= {"lm_head", "score", "classifier", "qa_outputs", "out_proj"}
         config.target_modules = names

@@ -85,9 +85,12 @@ def _fsync_tree(root):
         _fsync_path(folder)
 
 
-def _link_missing(old, new):
-    """Hard-link (copy where links fail) every entry of ``old`` that ``new`` lacks, into ``new``, recursively."""
+def _link_missing(old, new, discard=None):
+    """Hard-link (copy where links fail) every entry of ``old`` that ``new`` lacks, into ``new``, recursively; the
+    top-level entries ``discard(name)`` is true for are left out."""
     for name in os.listdir(old):
+        if discard is not None and discard(name):
+            continue
         src, dst = os.path.join(old, name), os.path.join(new, name)
         if os.path.isdir(src) and not os.path.islink(src):
             if not os.path.lexists(dst):
@@ -158,11 +161,12 @@ def _temporary_sibling(path, kind):
 
 
 @contextmanager
-def atomic_directory(path):
+def atomic_directory(path, discard=None):
     """Yield an empty temporary folder; on success it replaces the folder ``path`` as a whole (see module doc).
 
     Entries of the old folder that the block did not write are kept (hard-linked), so saving one adapter leaves
-    the other adapters' sub-folders and the user's own files in place.
+    the other adapters' sub-folders and the user's own files in place; except those whose name ``discard(name)``
+    is true for (the weight files of an earlier save, which the new one replaces).
     """
     path = os.path.realpath(path)
     if os.path.exists(path) and not os.path.isdir(path):
@@ -176,7 +180,7 @@ def atomic_directory(path):
         yield staging
         _give_default_permissions(staging)
         if os.path.isdir(path):
-            _link_missing(path, staging)
+            _link_missing(path, staging, discard)
         _fsync_tree(staging)
         cwd = _working_directory()
         _swap_in(staging, path)

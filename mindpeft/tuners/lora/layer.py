@@ -146,7 +146,9 @@ class LoraLayer(BaseTunerLayer):
         """A mixed adapter batch: every adapter's ``B(A(dropout(x))) * scaling`` added to the rows that use it."""
         rows = self._mixed_rows.rows[: result.shape[0]]
         for index, name in self._mixed_adapters:
-            lora_out = self.lora_B[name](self.lora_A[name](self.lora_dropout[name](x))) * self.scaling[name]
+            adapter_dtype = self.lora_A[name].weight.dtype
+            x_a = x if x.dtype == adapter_dtype else x.astype(adapter_dtype)
+            lora_out = self.lora_B[name](self.lora_A[name](self.lora_dropout[name](x_a))) * self.scaling[name]
             result = result + lora_out.astype(result.dtype) * _row_mask(rows, index, result)
         return result
 
@@ -302,7 +304,9 @@ class Linear(nn.Cell, LoraLayer):
             if self.use_dora[name]:
                 result = self._dora(name, x, result)
             else:
-                after_a = self.lora_A[name](self.lora_dropout[name](x))
+                adapter_dtype = self.lora_A[name].weight.dtype  # float32 adapters on a float16 base: cast, as HF
+                x_a = x if x.dtype == adapter_dtype else x.astype(adapter_dtype)
+                after_a = self.lora_A[name](self.lora_dropout[name](x_a))
                 if self.lora_bias[name]:  # the bias is scaled too
                     lora_out = self.lora_B[name](after_a) * self.scaling[name]
                 else:  # scaling the rank-r activations is cheaper than scaling the output
