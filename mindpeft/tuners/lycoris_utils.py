@@ -17,7 +17,6 @@ from mindspore.common.seed import _get_graph_seed
 from ..config import (PeftConfig, check_bool, check_mapping, check_names, check_number, describe, is_integer,
                       is_number)
 from ..models.layers import _uniform_real, linear
-from ..models.modeling_utils import write_parameter
 from ..utils.other import replace_child
 from .tuners_utils import BaseTuner, BaseTunerLayer, ParameterDict, base_weight, get_pattern_key, layer_features
 
@@ -217,24 +216,6 @@ class LycorisLayer(nn.Cell, BaseTunerLayer):
         """The adapter's weight update (numpy), shaped like the base weight."""
         return self.delta(adapter_name).asnumpy().reshape(self.weight_shape) * self.scaling[adapter_name]
 
-    def merge(self, safe_merge=False, adapter_names=None):
-        """Add the adapters' ``get_delta_weight`` into the base weight (checked for non-finite values if
-        ``safe_merge``)."""
-        weight = base_weight(self.get_base_layer())
-        for name in self.check_adapters_to_merge(adapter_names):
-            merged = weight.asnumpy() + self.get_delta_weight(name)
-            if safe_merge and not np.isfinite(merged).all():
-                raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
-            write_parameter(weight, merged)
-            self.merged_adapters.append(name)
-
-    def unmerge(self):
-        """Subtract every merged adapter's update from the base weight."""
-        weight = base_weight(self.get_base_layer())
-        while self.merged_adapters:
-            name = self.merged_adapters.pop()
-            write_parameter(weight, weight.asnumpy() - self.get_delta_weight(name))
-
     def _apply_update(self, x, weight):
         """The base layer's operation with ``weight`` (shaped like the base weight), without bias."""
         if self.convolution is None:
@@ -284,8 +265,3 @@ class LycorisTuner(BaseTuner):
                             f"mindspore.nn.Conv2d layers are supported by {self.layer_cls.method}")
         # another method's adapter layer is wrapped as a whole (a mixed model stacks them, as HF peft does)
         replace_child(parent, target_name, new_cls(target, adapter_name, r, alpha, config))
-
-    def _mark_only_adapters_as_trainable(self, model):
-        for name, param in model.parameters_and_names():
-            if self.prefix not in name and ".modules_to_save." not in name:
-                param.requires_grad = False

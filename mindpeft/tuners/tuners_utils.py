@@ -10,10 +10,11 @@ import warnings
 from contextlib import contextmanager
 
 import mindspore as ms
+import numpy as np
 from mindspore import mint, nn
 
 from ..models.layers import Conv1D, Linear
-from ..models.modeling_utils import sync_parameter_names
+from ..models.modeling_utils import sync_parameter_names, write_parameter
 from ..utils.graph_state import bump_graph_version
 from ..utils.other import ModulesToSaveWrapper, get_submodules, replace_child, wrap_modules_to_save
 
@@ -224,6 +225,23 @@ class BaseTunerLayer:
             names = [n for n in names if n not in self.merged_adapters]
         return [n for n in names if n in self.adapter_names()]
 
+    def merge(self, safe_merge=False, adapter_names=None):
+        """Add the adapters' ``get_delta_weight`` (numpy, shaped like the base weight) into the base weight (checked
+        for non-finite values if ``safe_merge``). Layers whose update is not additive override this."""
+        weight = base_weight(self.get_base_layer())
+        for name in self.check_adapters_to_merge(adapter_names):
+            merged = weight.asnumpy() + self.get_delta_weight(name)
+            if safe_merge and not np.isfinite(merged).all():
+                raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
+            write_parameter(weight, merged)
+            self.merged_adapters.append(name)
+
+    def unmerge(self):
+        """Subtract every merged adapter's update from the base weight, last merged first."""
+        weight = base_weight(self.get_base_layer())
+        while self.merged_adapters:
+            write_parameter(weight, weight.asnumpy() - self.get_delta_weight(self.merged_adapters.pop()))
+
 
 def _params_of(container, key):
     item = container[key]
@@ -257,12 +275,36 @@ def cast_adapter_dtype(model, adapter_name, autocast_adapter_dtype=True):
 class BaseTuner(nn.Cell):
     """Wraps ``model`` and replaces its targeted layers with adapter layers.
 
-    Subclasses set ``prefix`` (e.g. ``"lora_"``) and ``target_module_mapping`` and
-    implement ``_create_and_replace`` and ``_mark_only_adapters_as_trainable``.
+    Subclasses set ``prefix`` (e.g. ``"lora_"``) and ``target_module_mapping``, implement ``_create_and_replace``
+    and, where the default below does not fit, ``_mark_only_adapters_as_trainable``.
     """
 
     prefix = ""
     target_module_mapping = {}
+
+    @staticmethod
+    def _is_bias_name(name):
+        """Which parameters ``bias="all"`` trains (HF peft: names ending in ``.bias``)."""
+        return name.endswith(".bias")
+
+    def _mark_only_adapters_as_trainable(self, model):
+        """Freeze all but the adapter parameters (names holding ``prefix``) and the ``modules_to_save`` copies, then
+        unfreeze the biases each active adapter's ``bias`` option names: ``"all"`` (every bias outside the frozen
+        originals) or ``"<method>_only"`` (the adapted layers' own)."""
+        for name, param in model.parameters_and_names():
+            if self.prefix not in name and ".modules_to_save." not in name:
+                param.requires_grad = False
+        for adapter in self.active_adapters:
+            bias = getattr(self.peft_config[adapter], "bias", "none")
+            if bias == "all":
+                for name, param in model.parameters_and_names():
+                    if self._is_bias_name(name) and ".original_module." not in name:
+                        param.requires_grad = True
+            elif bias.endswith("_only"):
+                for _, layer in self.tuner_layers():
+                    base = layer.get_base_layer()
+                    if getattr(base, "bias", None) is not None:
+                        base.bias.requires_grad = True
 
     def __init__(self, model, peft_config, adapter_name):
         super().__init__(auto_prefix=True)

@@ -27,18 +27,3 @@ class HRAModel(BaseTuner):
             raise TypeError(f"Target module {current_key!r} of type {type(base).__name__} is not supported. "
                             "Currently, only Linear/mindspore.nn.Dense and mindspore.nn.Conv2d layers are supported.")
         replace_child(parent, target_name, layer)
-
-    def _mark_only_adapters_as_trainable(self, model):
-        for name, param in model.parameters_and_names():
-            if self.prefix not in name and ".modules_to_save." not in name:
-                param.requires_grad = False
-        for adapter in self.active_adapters:
-            bias = self.peft_config[adapter].bias
-            if bias == "all":
-                for name, param in model.parameters_and_names():
-                    if name.endswith(".bias") and ".original_module." not in name:
-                        param.requires_grad = True
-            elif bias == "hra_only":
-                for _, layer in self.tuner_layers():
-                    if getattr(layer.get_base_layer(), "bias", None) is not None:
-                        layer.get_base_layer().bias.requires_grad = True

@@ -104,21 +104,11 @@ class LoraModel(BaseTuner):
         else:
             replace_child(parent, target_name, ParamWrapper(target, adapter_name, param_name, config, r, alpha))
 
-    def _mark_only_adapters_as_trainable(self, model):
-        for name, param in model.parameters_and_names():
-            if self.prefix not in name and ".modules_to_save." not in name:
-                param.requires_grad = False
-        for adapter in self.active_adapters:
-            bias = self.peft_config[adapter].bias
-            if bias == "all":
-                for name, param in model.parameters_and_names():
-                    if "bias" in name and ".original_module." not in name:
-                        param.requires_grad = True
-            elif bias == "lora_only":
-                for _, layer in self.tuner_layers():
-                    base = layer.get_base_layer()
-                    if getattr(base, "bias", None) is not None:
-                        base.bias.requires_grad = True
+    @staticmethod
+    def _is_bias_name(name):
+        """LoRA's ``bias="all"`` trains every parameter with "bias" in its name (mindpeft's behaviour so far; HF
+        peft 0.21 takes names ending in ``.bias`` only)."""
+        return "bias" in name
 
     def _unload_and_optionally_merge(self, merge, safe_merge=False, adapter_names=None):
         # A MultiheadAttention layer holds its out_proj's LoRA layer inside its base layer: that one goes first.
@@ -312,4 +302,3 @@ class LoraModel(BaseTuner):
             high = np.quantile(np.concatenate([u.ravel(), vh.ravel()]), clamp)
             u, vh = np.clip(u, -high, high), np.clip(vh, -high, high)
         return vh.reshape(a_shape), u.reshape(b_shape)
-

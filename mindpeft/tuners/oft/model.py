@@ -18,19 +18,3 @@ class OFTModel(BaseTuner):
             target.update_layer(adapter_name, config)
         else:
             replace_child(parent, target_name, self.dispatch(target, adapter_name, config))
-
-    def _mark_only_adapters_as_trainable(self, model):
-        for name, param in model.parameters_and_names():
-            if self.prefix not in name and ".modules_to_save." not in name:
-                param.requires_grad = False
-        for adapter in self.active_adapters:
-            bias = self.peft_config[adapter].bias
-            if bias == "all":
-                for name, param in model.parameters_and_names():
-                    if name.endswith(".bias") and ".original_module." not in name:
-                        param.requires_grad = True
-            elif bias.endswith("_only"):
-                for _, layer in self.tuner_layers():
-                    base = layer.get_base_layer()
-                    if getattr(base, "bias", None) is not None:
-                        base.bias.requires_grad = True

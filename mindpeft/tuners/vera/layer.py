@@ -3,8 +3,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn
 
 from ...models.layers import Conv1D, Dropout, linear
-from ...models.modeling_utils import write_parameter
-from ..tuners_utils import BaseTunerLayer, ParameterDict, base_weight, layer_features
+from ..tuners_utils import BaseTunerLayer, ParameterDict, layer_features
 
 
 class VeraProjection(ParameterDict):
@@ -88,23 +87,6 @@ class Linear(nn.Cell, BaseTunerLayer):
         projection_b = self.vera_B[adapter_name].asnumpy()[: self.out_features]
         delta = (lambda_b * projection_b) @ (lambda_d * projection_a)
         return delta.T if self.fan_in_fan_out else delta
-
-    def merge(self, safe_merge=False, adapter_names=None):
-        """Add the adapters' ``get_delta_weight`` into the base weight (checked for non-finite values if
-        ``safe_merge``)."""
-        weight = base_weight(self.get_base_layer())
-        for name in self.check_adapters_to_merge(adapter_names):
-            merged = weight.asnumpy() + self.get_delta_weight(name)
-            if safe_merge and not np.isfinite(merged).all():
-                raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
-            write_parameter(weight, merged)
-            self.merged_adapters.append(name)
-
-    def unmerge(self):
-        """Subtract every merged adapter's update from the base weight."""
-        weight = base_weight(self.get_base_layer())
-        while self.merged_adapters:
-            write_parameter(weight, weight.asnumpy() - self.get_delta_weight(self.merged_adapters.pop()))
 
     def construct(self, x):
         result = self.base_layer(x)
