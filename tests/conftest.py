@@ -12,7 +12,10 @@ warnings.filterwarnings("ignore", category=UserWarning)
 import torch  # noqa: E402
 import transformers  # noqa: E402
 import mindspore as ms  # noqa: E402
-from mindspore import Tensor  # noqa: E402
+from mindspore import Tensor, nn  # noqa: E402
+from safetensors.numpy import load_file  # noqa: E402
+
+from mindpeft.models.layers import Linear  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 torch.set_num_threads(1)
@@ -147,3 +150,41 @@ def torch_logits(model, inputs):
     """A torch model's logits (numpy) for a dict of numpy id arrays."""
     with torch.no_grad():
         return model(**{k: torch_ids(v) for k, v in inputs.items()}).logits.numpy()
+
+
+def adapter_shapes(folder):
+    """``{key: shape}`` of a saved ``adapter_model.safetensors``."""
+    return {k: v.shape for k, v in load_file(os.path.join(folder, "adapter_model.safetensors")).items()}
+
+
+class TorchMLP(torch.nn.Module):
+    """The small torch MLP (16 -> 32 -> 8) that the tuner tests adapt in both libraries."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin0 = torch.nn.Linear(16, 32)
+        self.lin1 = torch.nn.Linear(32, 8)
+
+    def forward(self, x):
+        return self.lin1(torch.relu(self.lin0(x)))
+
+
+class MsMLP(nn.Cell):
+    """:class:`TorchMLP`'s MindSpore twin, with its torch twin's weights."""
+
+    def __init__(self, torch_twin):
+        super().__init__()
+        self.lin0 = Linear(16, 32)
+        self.lin1 = Linear(32, 8)
+        state = torch_twin.state_dict()
+        for name, param in self.parameters_and_names():
+            param.set_data(Tensor(state[name].numpy()))
+
+    def construct(self, x):
+        return self.lin1(ms.ops.relu(self.lin0(x)))
+
+
+@pytest.fixture
+def torch_mlp():
+    torch.manual_seed(1)
+    return TorchMLP().eval()

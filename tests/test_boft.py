@@ -6,7 +6,6 @@ silently uses one factor). ``hf_butterfly`` stands in for that extension with ``
 the butterfly product on CPU.
 """
 import copy
-import os
 
 import mindspore as ms
 import numpy as np
@@ -16,14 +15,13 @@ import pytest
 import torch
 from mindspore import Tensor, nn
 from mindspore.experimental import optim
-from safetensors.numpy import load_file
 
 from mindpeft import BOFTConfig, PeftModel, get_peft_model
 from mindpeft.models import AutoModelForCausalLM
 from mindpeft.models.layers import Linear
 from mindpeft.training import TrainStep
 from mindpeft.tuners.tuners_utils import BaseTunerLayer
-from conftest import max_diff, ms_logits, rand_ids, torch_logits, torch_model
+from conftest import adapter_shapes as _shapes, max_diff, ms_logits, rand_ids, torch_logits, torch_model
 
 X = np.random.default_rng(0).standard_normal((3, 5, 16)).astype(np.float32)
 IMAGES = np.random.default_rng(1).standard_normal((2, 4, 5, 5)).astype(np.float32)
@@ -52,16 +50,6 @@ class _BlockDiagonal:
 @pytest.fixture
 def hf_butterfly(monkeypatch):
     monkeypatch.setattr(hf_boft_layer, "get_fbd_cuda", lambda: _BlockDiagonal)
-
-
-class TorchMLP(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin0 = torch.nn.Linear(16, 32)
-        self.lin1 = torch.nn.Linear(32, 8)
-
-    def forward(self, x):
-        return self.lin1(torch.relu(self.lin0(x)))
 
 
 class TorchConvNet(torch.nn.Module):
@@ -105,12 +93,6 @@ class MsConvNet(nn.Cell):
 
 
 @pytest.fixture
-def torch_mlp():
-    torch.manual_seed(1)
-    return TorchMLP().eval()
-
-
-@pytest.fixture
 def torch_conv():
     torch.manual_seed(2)
     return TorchConvNet().eval()
@@ -124,10 +106,6 @@ def _hf_out(model, x):
 def _ms_out(model, x):
     model.set_train(False)
     return model(Tensor(x)).asnumpy()
-
-
-def _shapes(folder):
-    return {k: v.shape for k, v in load_file(os.path.join(folder, "adapter_model.safetensors")).items()}
 
 
 def _close(a, b):

@@ -1,7 +1,6 @@
 """FourierFT against HF peft: torch's randperm reproduced bit for bit, numbers and gradients both ways (MLP, GPT-2
 Conv1D, tiny llama), files, merging, several adapters, jit training, errors."""
 import copy
-import os
 
 import mindspore as ms
 import numpy as np
@@ -10,48 +9,17 @@ import pytest
 import torch
 from mindspore import Tensor, nn
 from mindspore.experimental import optim
-from safetensors.numpy import load_file
 
 from mindpeft import FourierFTConfig, PeftModel, get_peft_model
 from mindpeft.models import AutoModelForCausalLM
-from mindpeft.models.layers import Linear
 from mindpeft.training import TrainStep
 from mindpeft.tuners.tuners_utils import BaseTunerLayer
 from mindpeft.utils.torch_random import TorchCPUGenerator
-from conftest import max_diff, ms_logits, rand_ids, torch_logits, torch_model
+from conftest import adapter_shapes as _shapes, max_diff, ms_logits, MsMLP, rand_ids, torch_logits, torch_model
 
 X = np.random.default_rng(0).standard_normal((3, 5, 16)).astype(np.float32)
 Y = np.random.default_rng(1).standard_normal((3, 5, 8)).astype(np.float32)
 TARGETS = ["lin0", "lin1"]
-
-
-class TorchMLP(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin0 = torch.nn.Linear(16, 32)
-        self.lin1 = torch.nn.Linear(32, 8)
-
-    def forward(self, x):
-        return self.lin1(torch.relu(self.lin0(x)))
-
-
-class MsMLP(nn.Cell):
-    def __init__(self, torch_twin):
-        super().__init__()
-        self.lin0 = Linear(16, 32)
-        self.lin1 = Linear(32, 8)
-        state = torch_twin.state_dict()
-        for name, param in self.parameters_and_names():
-            param.set_data(Tensor(state[name].numpy()))
-
-    def construct(self, x):
-        return self.lin1(ms.ops.relu(self.lin0(x)))
-
-
-@pytest.fixture
-def torch_mlp():
-    torch.manual_seed(1)
-    return TorchMLP().eval()
 
 
 def _hf_out(model, x=X):
@@ -65,10 +33,6 @@ def _ms_out(model, x=X):
 
 def _close(actual, expected):
     return max_diff(actual, expected) < 1e-4 + 1e-5 * np.abs(expected).max()
-
-
-def _shapes(folder):
-    return {k: v.shape for k, v in load_file(os.path.join(folder, "adapter_model.safetensors")).items()}
 
 
 @pytest.mark.parametrize("seed", [0, 777, 2**33 + 3, -1])

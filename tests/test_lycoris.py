@@ -2,7 +2,6 @@
 import copy
 import os
 
-import mindspore as ms
 import numpy as np
 import peft
 import pytest
@@ -13,11 +12,10 @@ from safetensors.numpy import load_file
 
 from mindpeft import LoHaConfig, LoKrConfig, PeftModel, get_peft_model
 from mindpeft.models import AutoModelForCausalLM
-from mindpeft.models.layers import Linear
 from mindpeft.tuners.lokr import factorization
 from mindpeft.tuners.tuners_utils import BaseTunerLayer
 from mindpeft.training import TrainStep
-from conftest import max_diff, ms_logits, rand_ids, torch_logits, torch_model
+from conftest import max_diff, ms_logits, MsMLP, rand_ids, torch_logits, torch_model
 
 OURS = {"loha": LoHaConfig, "lokr": LoKrConfig}
 HF = {"loha": peft.LoHaConfig, "lokr": peft.LoKrConfig}
@@ -29,35 +27,6 @@ CASES = [
     ("lokr", {"r": 8, "alpha": 4, "decompose_factor": 4, "alpha_pattern": {"lin0": 2}}),
 ]
 X = np.random.default_rng(0).standard_normal((3, 5, 16)).astype(np.float32)
-
-
-class TorchMLP(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin0 = torch.nn.Linear(16, 32)
-        self.lin1 = torch.nn.Linear(32, 8)
-
-    def forward(self, x):
-        return self.lin1(torch.relu(self.lin0(x)))
-
-
-class MsMLP(nn.Cell):
-    def __init__(self, torch_twin):
-        super().__init__()
-        self.lin0 = Linear(16, 32)
-        self.lin1 = Linear(32, 8)
-        state = torch_twin.state_dict()
-        for name, param in self.parameters_and_names():
-            param.set_data(Tensor(state[name].numpy()))
-
-    def construct(self, x):
-        return self.lin1(ms.ops.relu(self.lin0(x)))
-
-
-@pytest.fixture
-def torch_mlp():
-    torch.manual_seed(1)
-    return TorchMLP().eval()
 
 
 def _hf_out(model, x=X):

@@ -9,7 +9,6 @@ import pytest
 import torch
 from mindspore import Tensor, nn, ops
 from mindspore.experimental import optim
-from safetensors.numpy import load_file
 
 from mindpeft import (IA3Config, LoHaConfig, LoKrConfig, LoraConfig, OFTConfig, PeftMixedModel, PromptTuningConfig,
                       get_peft_model)
@@ -18,7 +17,7 @@ from mindpeft.models.layers import Linear
 from mindpeft.models.modeling_utils import write_parameter
 from mindpeft.training import TrainStep
 from mindpeft.tuners.tuners_utils import BaseTunerLayer
-from conftest import max_diff, ms_logits, rand_ids, torch_logits, torch_model
+from conftest import adapter_shapes as _shapes, max_diff, ms_logits, rand_ids, torch_logits, torch_model
 from test_lycoris_conv import X as CONV_X, MsConvNet, TorchConvNet
 
 # name: (HF config class, mindpeft config class, arguments); "oft" and "lokr" each target one layer, so lin0 carries
@@ -33,16 +32,6 @@ ADAPTERS = {
 X = np.random.default_rng(0).standard_normal((3, 5, 16)).astype(np.float32)
 
 
-class TorchMLP(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin0 = torch.nn.Linear(16, 32)
-        self.lin1 = torch.nn.Linear(32, 8)
-
-    def forward(self, x):
-        return self.lin1(torch.relu(self.lin0(x)))
-
-
 class MsMLP(nn.Cell):
     def __init__(self, torch_twin):
         super().__init__()
@@ -54,12 +43,6 @@ class MsMLP(nn.Cell):
 
     def construct(self, x):
         return self.lin1(ops.relu(self.lin0(x)))
-
-
-@pytest.fixture
-def torch_mlp():
-    torch.manual_seed(1)
-    return TorchMLP().eval()
 
 
 def _hf(name):
@@ -81,10 +64,6 @@ def _ms_out(model, x=X):
 
 def _close(actual, expected):
     return max_diff(actual, expected) < 1e-4 + 1e-5 * np.abs(expected).max()
-
-
-def _shapes(folder):
-    return {k: v.shape for k, v in load_file(os.path.join(folder, "adapter_model.safetensors")).items()}
 
 
 def _load_all(cls, base, folders, names):

@@ -1,7 +1,6 @@
 """OFT against HF peft 0.21: numbers both ways (Linear, Embedding, Conv2d, LLaMA), files, merging, multiple adapters,
 gradients, jit training, errors."""
 import copy
-import os
 
 import mindspore as ms
 import numpy as np
@@ -10,14 +9,13 @@ import pytest
 import torch
 from mindspore import Tensor, nn
 from mindspore.experimental import optim
-from safetensors.numpy import load_file
 
 from mindpeft import OFTConfig, PeftModel, get_peft_model
 from mindpeft.models import AutoModelForCausalLM
 from mindpeft.models.layers import Embedding, Linear
 from mindpeft.training import TrainStep
 from mindpeft.tuners.tuners_utils import BaseTunerLayer
-from conftest import max_diff, ms_logits, rand_ids, torch_logits, torch_model
+from conftest import adapter_shapes as _shapes, max_diff, ms_logits, rand_ids, torch_logits, torch_model
 
 IDS = np.random.default_rng(0).integers(0, 20, (3, 5))
 IMAGES = np.random.default_rng(1).standard_normal((2, 4, 5, 5)).astype(np.float32)
@@ -105,10 +103,6 @@ def _hf_out(model, x):
 def _ms_out(model, x):
     model.set_train(False)
     return model(Tensor(x.astype(np.int32) if x.dtype.kind == "i" else x)).asnumpy()
-
-
-def _shapes(folder):
-    return {k: v.shape for k, v in load_file(os.path.join(folder, "adapter_model.safetensors")).items()}
 
 
 def _close(a, b):

@@ -2,9 +2,7 @@
 tiny llama), files, merging, several adapters sharing the projections, jit training, errors."""
 import copy
 import math
-import os
 
-import mindspore as ms
 import numpy as np
 import peft
 import pytest
@@ -15,43 +13,13 @@ from safetensors.numpy import load_file, save_file
 
 from mindpeft import PeftModel, VeraConfig, get_peft_model
 from mindpeft.models import AutoModelForCausalLM
-from mindpeft.models.layers import Linear
 from mindpeft.training import TrainStep
 from mindpeft.tuners.tuners_utils import BaseTunerLayer
 from mindpeft.utils.torch_random import TorchCPUGenerator
-from conftest import max_diff, ms_logits, rand_ids, torch_logits, torch_model
+from conftest import adapter_shapes as _shapes, max_diff, ms_logits, MsMLP, rand_ids, torch_logits, torch_model
 
 X = np.random.default_rng(0).standard_normal((3, 5, 16)).astype(np.float32)
 TARGETS = ["lin0", "lin1"]
-
-
-class TorchMLP(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin0 = torch.nn.Linear(16, 32)
-        self.lin1 = torch.nn.Linear(32, 8)
-
-    def forward(self, x):
-        return self.lin1(torch.relu(self.lin0(x)))
-
-
-class MsMLP(nn.Cell):
-    def __init__(self, torch_twin):
-        super().__init__()
-        self.lin0 = Linear(16, 32)
-        self.lin1 = Linear(32, 8)
-        state = torch_twin.state_dict()
-        for name, param in self.parameters_and_names():
-            param.set_data(Tensor(state[name].numpy()))
-
-    def construct(self, x):
-        return self.lin1(ms.ops.relu(self.lin0(x)))
-
-
-@pytest.fixture
-def torch_mlp():
-    torch.manual_seed(1)
-    return TorchMLP().eval()
 
 
 def _hf_out(model, x=X):
@@ -65,10 +33,6 @@ def _ms_out(model, x=X):
 
 def _close(actual, expected):
     return max_diff(actual, expected) < 1e-4 + 1e-5 * np.abs(expected).max()
-
-
-def _shapes(folder):
-    return {k: v.shape for k, v in load_file(os.path.join(folder, "adapter_model.safetensors")).items()}
 
 
 def _projections(ours, hf, adapter="default"):
