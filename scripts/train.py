@@ -47,7 +47,7 @@ from mindpeft.utils.hub import resolve_folder
 from mindpeft.utils.seeding import reseed_dropout
 from mindpeft.training.checkpoint import (  # noqa: F401 (CHECKPOINT_RE: train.CHECKPOINT_RE for the tests)
     CHECKPOINT_RE, CheckpointError, adalora_arrays, discard, file_info, list_checkpoints, quarantine, remove_stale,
-    restore_adalora, rng_state, set_rng_state)
+    restore_adalora, rng_state, set_rng_state, verify_checksums)
 from mindpeft.utils.io import atomic_directory, read_json_object, write_json
 
 METHODS = ("lora", "prefix", "ptuning", "prompt", "ia3", "adalora")
@@ -293,18 +293,7 @@ def check_checkpoint_files(path):
     for name in (*ADAPTER_FILES, OPTIMIZER_FILE, RNG_FILE):
         if name not in state["files"]:
             raise CheckpointError(f"{STATE_FILE} does not list {name}")
-    for name, recorded in state["files"].items():
-        if not isinstance(recorded, dict) or os.path.basename(name) != name:
-            raise CheckpointError(f"{STATE_FILE} lists {name!r} oddly: {recorded!r}")
-        file = os.path.join(path, name)
-        if not os.path.isfile(file):
-            raise CheckpointError(f"{name} is missing")
-        actual = file_info(file)
-        if actual["size"] != recorded.get("size"):
-            raise CheckpointError(f"{name} is {actual['size']} bytes, but {STATE_FILE} recorded "
-                                  f"{recorded.get('size')}")
-        if actual["sha256"] != recorded.get("sha256"):
-            raise CheckpointError(f"{name} does not match the checksum in {STATE_FILE}")
+    verify_checksums(path, state["files"], STATE_FILE)
     return state
 
 
