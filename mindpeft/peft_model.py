@@ -11,7 +11,6 @@ from .models.model_outputs import ModelOutputMixin
 from .models.gradient_checkpointing import (disable_gradient_checkpointing, enable_gradient_checkpointing,
                                             is_gradient_checkpointing)
 from .models.modeling_utils import sync_parameter_names
-from .tuners.tuners_utils import cast_adapter_dtype
 from .utils.constants import CONFIG_NAME, TASK_HEAD_MODULE_NAMES
 from .utils.hub import resolve_folder
 from .utils.io import atomic_directory, write_text
@@ -54,7 +53,7 @@ class PeftModel(ModelOutputMixin, nn.Cell):
             self._add_prompt_adapter(adapter_name, peft_config, _encoded_prompts)
         else:
             self.base_model = model_cls(model, {adapter_name: peft_config}, adapter_name)
-            cast_adapter_dtype(self.base_model.model, adapter_name, autocast_adapter_dtype)
+            self.base_model.cast_adapter_dtype(adapter_name, autocast_adapter_dtype)
         if peft_config.inference_mode:
             self.set_train(False)
 
@@ -173,7 +172,7 @@ class PeftModel(ModelOutputMixin, nn.Cell):
         except Exception:
             del self.base_model.peft_config[adapter_name]
             raise
-        cast_adapter_dtype(self.base_model.model, adapter_name, autocast_adapter_dtype)
+        self.base_model.cast_adapter_dtype(adapter_name, autocast_adapter_dtype)
 
     def _prepare_config(self, peft_config):
         """Add the task's head (classifier, qa_outputs) to ``modules_to_save`` before injection, as HF peft does."""

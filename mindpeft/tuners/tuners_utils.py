@@ -251,27 +251,6 @@ def _params_of(container, key):
 _FLOAT_DTYPES = (ms.float16, ms.bfloat16, ms.float32, ms.float64)
 
 
-def cast_adapter_dtype(model, adapter_name, autocast_adapter_dtype=True):
-    """HF peft's adapter dtypes. ``autocast_adapter_dtype=True``: the adapter's float16 and bfloat16 weights become
-    float32 (mindpeft creates adapters in float32, so they stay so on a float16 base). ``False``: the adapter takes
-    its base layer's floating-point dtype, as HF peft creates it."""
-    for _, layer in model.cells_and_names():
-        if not isinstance(layer, BaseTunerLayer):
-            continue
-        base_dtype = getattr(getattr(layer.get_base_layer(), "weight", None), "dtype", None)
-        for layer_name in layer.adapter_layer_names:
-            container = getattr(layer, layer_name)
-            if adapter_name not in container:
-                continue
-            for param in _params_of(container, adapter_name):
-                if autocast_adapter_dtype:
-                    target = ms.float32 if param.dtype in (ms.float16, ms.bfloat16) else param.dtype
-                else:
-                    target = base_dtype if param.dtype in _FLOAT_DTYPES and base_dtype in _FLOAT_DTYPES else param.dtype
-                if target != param.dtype:
-                    param.set_dtype(target)
-
-
 class BaseTuner(nn.Cell):
     """Wraps ``model`` and replaces its targeted layers with adapter layers.
 
@@ -286,6 +265,28 @@ class BaseTuner(nn.Cell):
     def _is_bias_name(name):
         """Which parameters ``bias="all"`` trains (HF peft: names ending in ``.bias``)."""
         return name.endswith(".bias")
+
+    def cast_adapter_dtype(self, adapter_name, autocast_adapter_dtype=True):
+        """HF peft's adapter dtypes. ``autocast_adapter_dtype=True``: the adapter's float16 and bfloat16 weights become
+        float32 (mindpeft creates adapters in float32, so they stay so on a float16 base). ``False``: the adapter takes
+        its base layer's floating-point dtype, as HF peft creates it."""
+        for _, layer in self.model.cells_and_names():
+            if not isinstance(layer, BaseTunerLayer):
+                continue
+            base_dtype = getattr(getattr(layer.get_base_layer(), "weight", None), "dtype", None)
+            for layer_name in layer.adapter_layer_names:
+                container = getattr(layer, layer_name)
+                if adapter_name not in container:
+                    continue
+                for param in _params_of(container, adapter_name):
+                    if autocast_adapter_dtype:
+                        target = ms.float32 if param.dtype in (ms.float16, ms.bfloat16) else param.dtype
+                    elif param.dtype in _FLOAT_DTYPES and base_dtype in _FLOAT_DTYPES:
+                        target = base_dtype
+                    else:
+                        target = param.dtype
+                    if target != param.dtype:
+                        param.set_dtype(target)
 
     def _mark_only_adapters_as_trainable(self, model):
         """Freeze all but the adapter parameters (names holding ``prefix``) and the ``modules_to_save`` copies, then
