@@ -223,8 +223,10 @@ def test_trained_adapter_converts_to_lora_for_the_original_weights(tmp_path, ini
 
 
 def test_errors_match_hf_peft():
-    with pytest.raises(ValueError, match="init_lora_weights='loftq' needs a LoftQConfig"):
+    with pytest.raises(ValueError, match="`loftq_config` must be specified when `init_lora_weights` is 'loftq'."):
         LoraConfig(init_lora_weights="loftq")
+    with pytest.raises(ValueError, match="`loftq_config` must be specified"):
+        peft.LoraConfig(init_lora_weights="loftq")
     message = "init_lora_weights should be 'pissa' or 'pissa_niter_\\[number of iters\\]', got pissa_iter_3 instead."
     with pytest.raises(ValueError, match=message):
         LoraConfig(init_lora_weights="pissa_iter_3")

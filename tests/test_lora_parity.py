@@ -28,7 +28,8 @@ CASES = [  # family, head, task, extra LoraConfig kwargs
                                      "rank_pattern": {"c_fc": 2}, "alpha_pattern": {"wte": 3}}),
     ("bert", "seq_cls", "SEQ_CLS", {"target_modules": ["query", "value"], "layers_to_transform": [1],
                                     "layers_pattern": "layer"}),
-    ("t5", "seq2seq", "SEQ_2_SEQ_LM", {"target_modules": r".*decoder.*(SelfAttention|EncDecAttention)\.(q|v)$"}),
+    ("t5", "seq2seq", "SEQ_2_SEQ_LM", {"target_modules": r".*decoder.*(SelfAttention|EncDecAttention)\.(q|v)$",
+                                       "bias": "all"}),  # T5's relative_attention_bias.weight is no bias
 ]
 
 

@@ -303,6 +303,35 @@ def test_loftq_initialisation_of_a_float_lora_layer(tiny_model_dir):
     assert np.linalg.norm(original - base - layer.delta_weight("default")) < np.linalg.norm(original - base)
 
 
+def test_loftq_through_lora_config(tiny_model_dir, tmp_path):
+    """``LoraConfig(init_lora_weights="loftq", loftq_config=...)`` runs LoftQ on every targeted linear layer, and
+    the config file keeps HF peft's ``loftq_config`` dict."""
+    path = tiny_model_dir("llama", "causal")
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights="loftq",
+                        loftq_config=LoftQConfig(loftq_bits=8, loftq_iter=2))
+    assert config.loftq_config == {"loftq_bits": 8, "loftq_iter": 2}
+    model = get_peft_model(LlamaForCausalLM.from_pretrained(path), config)
+    by_hand = get_peft_model(LlamaForCausalLM.from_pretrained(path),
+                             LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    for name, layer in model.base_model.tuner_layers():
+        other = dict(by_hand.base_model.tuner_layers())[name]
+        loftq_init_layer(other, "default", {"loftq_bits": 8, "loftq_iter": 2})
+        for get in (lambda l: l.get_base_layer().weight, lambda l: l.lora_A["default"].weight,
+                    lambda l: l.lora_B["default"].weight):
+            assert np.array_equal(get(layer).asnumpy(), get(other).asnumpy())
+    assert max_diff(_logits(model), _logits(by_hand)) == 0
+    model.save_pretrained(str(tmp_path))
+    assert peft.LoraConfig.from_pretrained(str(tmp_path)).loftq_config == {"loftq_bits": 8, "loftq_iter": 2}
+    with pytest.warns(UserWarning, match="`loftq_config` specified but will be ignored"):
+        assert LoraConfig(loftq_config=LoftQConfig()).loftq_config == {}
+    with pytest.raises(ValueError, match="loftq_bits 4 or 8 .* got loftq_bits=3"):
+        LoraConfig(init_lora_weights="loftq", loftq_config={"loftq_bits": 3})
+    with pytest.raises(ValueError, match="init_lora_weights='loftq' initialises linear layers only"):
+        get_peft_model(LlamaForCausalLM.from_pretrained(path),
+                       LoraConfig(target_modules=["embed_tokens"], init_lora_weights="loftq",
+                                  loftq_config=LoftQConfig()))
+
+
 def test_lora_initialisations_that_rewrite_the_base_weight_are_refused(tiny_model_dir):
     with pytest.raises(ValueError, match="init_lora_weights='pissa'.*4-bit quantized"):
         get_peft_model(_quantized(tiny_model_dir("llama", "causal")),

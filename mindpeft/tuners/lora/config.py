@@ -45,6 +45,10 @@ class LoraConfig(PeftConfig):
     trainable_token_indices: Optional[Union[list, dict]] = field(
         default=None, metadata={"help": "Token indices of the input embedding (a list) or {module name: indices} to "
                                         "train selectively; saved as <embedding>.token_adapter.trainable_tokens_delta"})
+    loftq_config: Union[dict, object] = field(
+        default_factory=dict, metadata={"help": "LoftQ settings (a LoftQConfig or its dict) for "
+                                                "init_lora_weights='loftq', which quantizes the base weights and "
+                                                "initialises the adapter from the quantization error"})
     target_parameters: Optional[list] = field(
         default=None, metadata={"help": "Names of bare Parameters to adapt (e.g. 'experts.gate_up_proj', stacked "
                                         "expert weights (experts, in, out)), matched like target_modules lists"})
@@ -68,6 +72,7 @@ class LoraConfig(PeftConfig):
         if self.bias not in ("none", "all", "lora_only"):
             raise ValueError(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
         check_init_lora_weights(self.init_lora_weights)
+        self._check_loftq_config()
         self._check_trainable_token_indices()
         if isinstance(self.target_parameters, str):
             raise TypeError("`target_parameters` must be a list of strings or None.")
@@ -94,6 +99,23 @@ class LoraConfig(PeftConfig):
                           "values of the base weights; if you intend to do this, please ensure not to use rslora or "
                           "rank_pattern/alpha_pattern.")
         self._custom_modules = None
+
+    def _check_loftq_config(self):
+        """HF peft's rules: ``loftq_config`` is needed by, and only kept for, ``init_lora_weights='loftq'``."""
+        if self.init_lora_weights != "loftq":
+            if self.loftq_config:
+                self.loftq_config = {}
+                warnings.warn("`loftq_config` specified but will be ignored when `init_lora_weights` is not 'loftq'.")
+            return
+        if not self.loftq_config:
+            raise ValueError("`loftq_config` must be specified when `init_lora_weights` is 'loftq'.")
+        if not isinstance(self.loftq_config, dict):
+            self.loftq_config = dict(vars(self.loftq_config))
+        bits, iters = self.loftq_config.get("loftq_bits", 4), self.loftq_config.get("loftq_iter", 1)
+        if bits not in (4, 8) or not is_integer(iters) or iters < 1:
+            raise ValueError(f"loftq_config needs loftq_bits 4 or 8 and a positive integer loftq_iter, got "
+                             f"loftq_bits={describe(bits)}, loftq_iter={describe(iters)}")
+        self.loftq_config = {"loftq_bits": bits, "loftq_iter": iters}
 
     def _register_custom_module(self, mapping):
         """Have LoRA wrap the layer classes of ``mapping`` (``{layer class: LoRA layer class}``, HF peft's

@@ -19,21 +19,18 @@ import numpy as np
 from ...config import describe
 
 _PISSA_NITER = re.compile(r"pissa_niter_(\d+)")
-_NAMED_INITS = ("gaussian", "pissa", "olora", "orthogonal")
+_NAMED_INITS = ("gaussian", "pissa", "olora", "orthogonal", "loftq")
 
 
 def check_init_lora_weights(init):
     """Raise ``ValueError`` naming ``init_lora_weights`` unless ``init`` is an initialisation mindpeft has."""
     if isinstance(init, bool) or (isinstance(init, str) and (init in _NAMED_INITS or _PISSA_NITER.fullmatch(init))):
         return
-    if init == "loftq":
-        raise ValueError("init_lora_weights='loftq' needs a LoftQConfig (loftq_config) to quantize the base weights; "
-                         "mindpeft has no LoftQ yet. Use 'pissa' or 'olora' for initialisations from the base weight.")
     if isinstance(init, str) and init.startswith("pissa"):
         raise ValueError(f"init_lora_weights should be 'pissa' or 'pissa_niter_[number of iters]', got {init} "
                          "instead.")
     raise ValueError(f"init_lora_weights={describe(init)} is not supported by mindpeft; choose True, False, "
-                     "'gaussian', 'pissa', 'pissa_niter_<n>', 'olora' or 'orthogonal'")
+                     "'gaussian', 'pissa', 'pissa_niter_<n>', 'olora', 'orthogonal' or 'loftq'")
 
 
 def mutates_base_weight(init):

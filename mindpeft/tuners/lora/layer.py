@@ -286,7 +286,11 @@ class Linear(nn.Cell, LoraLayer):
         self._add_adapter_settings(adapter_name, r, lora_alpha, config)
         self.lora_A[adapter_name] = LinearLayer(self.in_features, r, bias=False)
         self.lora_B[adapter_name] = LinearLayer(r, self.out_features, bias=config.lora_bias)
-        self.reset_lora_parameters(adapter_name, config.init_lora_weights)
+        if config.init_lora_weights == "loftq":
+            from ...quantization.loftq import loftq_init_layer  # (the quantization package imports LoRA's layers)
+            loftq_init_layer(self, adapter_name, config.loftq_config)
+        else:
+            self.reset_lora_parameters(adapter_name, config.init_lora_weights)
         self._finish_adapter(adapter_name)
 
     def delta_weight(self, adapter_name):
@@ -352,6 +356,9 @@ class Embedding(nn.Cell, LoraLayer):
     def update_layer(self, adapter_name, r, lora_alpha, config, **kwargs):
         if config.lora_bias:
             raise ValueError(f"lora_bias={config.lora_bias} is not supported for {type(self).__name__}.")
+        if config.init_lora_weights == "loftq":
+            raise ValueError("init_lora_weights='loftq' initialises linear layers only; exclude the embedding "
+                             f"{type(self.base_layer).__name__} from target_modules")
         self._add_adapter_settings(adapter_name, r, lora_alpha, config)
         self.lora_embedding_A[adapter_name] = _param_from(np.random.normal(0, 1, (r, self.num_embeddings)))
         self.lora_embedding_B[adapter_name] = _param_from(np.random.normal(0, 1, (self.embedding_dim, r)))

@@ -104,12 +104,6 @@ class LoraModel(BaseTuner):
         else:
             replace_child(parent, target_name, ParamWrapper(target, adapter_name, param_name, config, r, alpha))
 
-    @staticmethod
-    def _is_bias_name(name):
-        """LoRA's ``bias="all"`` trains every parameter with "bias" in its name (mindpeft's behaviour so far; HF
-        peft 0.21 takes names ending in ``.bias`` only)."""
-        return "bias" in name
-
     def _unload_and_optionally_merge(self, merge, safe_merge=False, adapter_names=None):
         # A MultiheadAttention layer holds its out_proj's LoRA layer inside its base layer: that one goes first.
         for _, layer in self.tuner_layers():
