@@ -8,6 +8,7 @@ import numpy as np
 import peft
 import pytest
 import torch
+import transformers
 from mindspore import Tensor, nn
 from mindspore.graph import api as graph_api
 
@@ -210,12 +211,52 @@ def test_hf_peft_refusals(gpt2_adapters, tiny_model_dir):
     x = Tensor(np.ones((3, 2, 8), np.float32))
     with pytest.raises(TypeError, match="lora.MultiheadAttention does not support mixed adapter batches."):
         mha(x, x, x, adapter_names=["default", "default", "default"])
-    classifier = get_peft_model(AutoModelForSequenceClassification.from_pretrained(tiny_model_dir("bert", "seq_cls")),
-                                LoraConfig(task_type="SEQ_CLS", target_modules=["query"]))
-    classifier.set_train(False)
-    with pytest.raises(ValueError, match="do not cover modules_to_save"):
-        classifier(input_ids=ids, adapter_names=["default", "__base__"])
     prompt = get_peft_model(AutoModelForCausalLM.from_pretrained(path),
                             PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2))
     with pytest.raises(ValueError, match="adapter_names \\(mixed adapter batches\\) needs LoRA adapters"):
         prompt(input_ids=ids, adapter_names=["default", "default"])
+
+
+@pytest.mark.parametrize("family,head,config", [
+    ("bert", "seq_cls", {"task_type": "SEQ_CLS", "target_modules": ["query"]}),  # classifier in modules_to_save
+    ("llama", "causal", {"task_type": "CAUSAL_LM", "target_modules": ["q_proj"], "trainable_token_indices": [1, 5]}),
+])
+def test_modules_to_save_and_trainable_tokens_in_mixed_batches(tiny_model_dir, tmp_path, family, head, config):
+    """Each row gets its adapter's classifier copy / trained token rows, as in HF peft, eager and compiled."""
+    path = tiny_model_dir(family, head)
+    torch.manual_seed(2)
+    hf = peft.get_peft_model(torch_model(path, family, head), peft.LoraConfig(r=2, init_lora_weights=False, **config))
+    hf.add_adapter("other", peft.LoraConfig(r=4, init_lora_weights=False, **config))
+    with torch.no_grad():  # trained-looking classifier copies / token rows, different per adapter
+        for name, param in hf.named_parameters():
+            if "modules_to_save" in name or "trainable_tokens_delta" in name:
+                param.add_(torch.randn_like(param))
+    hf.save_pretrained(str(tmp_path))
+    auto = AutoModelForSequenceClassification if head == "seq_cls" else AutoModelForCausalLM
+    if family == "llama":  # its LM head is untied: the head has no trainable tokens
+        assert not transformers.AutoConfig.from_pretrained(path).tie_word_embeddings
+    model = PeftModel.from_pretrained(auto.from_pretrained(path), str(tmp_path))
+    model.load_adapter(str(tmp_path / "other"), "other")
+    model.set_train(False)
+    hf.eval()
+    names = ["other", "__base__", "default", "other"]
+    ids = rand_ids((4, 6), low=0, high=8)  # token ids 1 and 5 appear
+    with torch.no_grad():
+        expected = hf(torch_ids(ids), adapter_names=names).logits.numpy()
+    mixed = _logits(model, ids, adapter_names=names)
+    assert _close(mixed, expected)
+    assert _close(mixed, _alone(model, ids, names, lambda m: _logits(m, ids)))
+
+    def forward(input_ids):
+        return model(input_ids=input_ids)["logits"]
+
+    with model.mixed_adapter_batch(names):
+        assert _close(ms.jit(forward)(ms_ids(ids)).asnumpy(), expected)
+
+
+def test_trainable_tokens_of_a_tied_head_are_refused_in_mixed_batches(tiny_model_dir):
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir("gpt2", "causal")),
+                           LoraConfig(task_type="CAUSAL_LM", target_modules=["c_attn"], trainable_token_indices=[1]))
+    model.set_train(False)
+    with pytest.raises(ValueError, match="GPT2LMHeadModel computes its logits from the input embedding's weight"):
+        model(input_ids=ms_ids(rand_ids((2, 3))), adapter_names=["default", "__base__"])

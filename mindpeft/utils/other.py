@@ -40,6 +40,12 @@ def _trainable_parameters(module):
     return [p for p in module.get_parameters() if p.name.rsplit(".", 1)[-1] not in BUFFER_NAMES]
 
 
+def row_mask(rows, index, like):
+    """1 for the rows of a mixed adapter batch whose adapter is number ``index``, else 0, shaped to broadcast over
+    ``like`` (see :mod:`mindpeft.tuners.lora.mixed_batch`)."""
+    return (rows == index).astype(like.dtype).reshape((-1,) + (1,) * (like.ndim - 1))
+
+
 class ModulesToSaveWrapper(nn.Cell):
     """Keeps ``original_module`` frozen and trains one copy per adapter in ``modules_to_save``."""
 
@@ -50,6 +56,7 @@ class ModulesToSaveWrapper(nn.Cell):
         self.active_adapter = adapter_name
         self.disable_adapters = False
         self._use_copy = False
+        self._mixed_rows, self._mixed_adapters = None, ()  # set by LoraModel.mixed_adapter_batch
         for param in self.original_module.get_parameters():
             param.requires_grad = False
         self.update(adapter_name)
@@ -92,7 +99,21 @@ class ModulesToSaveWrapper(nn.Cell):
     def weight(self):
         return self.active_module().weight
 
+    def mixed_batch_adapters(self):
+        return self.adapter_names()
+
+    def _mixed_batch_forward(self, *args, **kwargs):
+        """Each row of a mixed adapter batch through its adapter's copy (the original module for the others)."""
+        result = self.original_module(*args, **kwargs)
+        rows = self._mixed_rows.rows[: result.shape[0]]
+        for index, name in self._mixed_adapters:
+            mask = row_mask(rows, index, result)
+            result = result * (1 - mask) + self.modules_to_save[name](*args, **kwargs) * mask
+        return result
+
     def construct(self, *args, **kwargs):
+        if self._mixed_rows is not None:
+            return self._mixed_batch_forward(*args, **kwargs)
         if self._use_copy:
             return self.modules_to_save[self.active_adapter](*args, **kwargs)
         return self.original_module(*args, **kwargs)

@@ -17,6 +17,7 @@ from mindspore.ops.function.nn_func import multi_head_attention_forward
 from ...config import is_integer
 from ...models.layers import Conv1D, Dropout, Embedding as EmbeddingLayer, Linear as LinearLayer, linear
 from ...models.modeling_utils import write_parameter
+from ...utils.other import row_mask
 from ..tuners_utils import BaseTunerLayer, ParameterDict, base_weight, layer_features
 from .initialization import init_from_base_weight, mutates_base_weight, orthogonal_factors
 
@@ -28,11 +29,6 @@ def _param_from(array):
 def _row_norm(weight):
     """L2 norm of each row of a 2-D tensor."""
     return ops.sqrt((weight * weight).sum(axis=1))
-
-
-def _row_mask(rows, index, like):
-    """1 for the rows of a mixed batch whose adapter is number ``index``, else 0, shaped to broadcast over ``like``."""
-    return (rows == index).astype(like.dtype).reshape((-1,) + (1,) * (like.ndim - 1))
 
 
 class LoraLayer(BaseTunerLayer):
@@ -132,6 +128,10 @@ class LoraLayer(BaseTunerLayer):
         write_parameter(self.lora_B[adapter_name].weight, b)
         write_parameter(weight, residual.T if fan_in_fan_out else residual)
 
+    def mixed_batch_adapters(self):
+        """The adapters this layer applies per row in a mixed adapter batch (DoRA adapters are refused there)."""
+        return [name for name in self.adapter_names() if not self.use_dora.get(name, False)]
+
     def _check_mixed_batch(self, adapter_names):
         """HF peft's refusals of ``adapter_names`` (mixed adapter batches) for this layer."""
         if not self.supports_mixed_batch:
@@ -149,7 +149,7 @@ class LoraLayer(BaseTunerLayer):
             adapter_dtype = self.lora_A[name].weight.dtype
             x_a = x if x.dtype == adapter_dtype else x.astype(adapter_dtype)
             lora_out = self.lora_B[name](self.lora_A[name](self.lora_dropout[name](x_a))) * self.scaling[name]
-            result = result + lora_out.astype(result.dtype) * _row_mask(rows, index, result)
+            result = result + lora_out.astype(result.dtype) * row_mask(rows, index, result)
         return result
 
     def set_scale(self, adapter_name, scale):
@@ -377,7 +377,7 @@ class Embedding(nn.Cell, LoraLayer):
         for index, name in self._mixed_adapters:
             lora_a, lora_b = getattr(self.lora_embedding_A, name), getattr(self.lora_embedding_B, name)
             lora_out = linear(ops.gather(lora_a.T, x, 0) * self.scaling[name], lora_b)
-            result = result + lora_out.astype(result.dtype) * _row_mask(rows, index, result)
+            result = result + lora_out.astype(result.dtype) * row_mask(rows, index, result)
         return result
 
     def construct(self, x):

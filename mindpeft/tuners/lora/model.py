@@ -126,35 +126,39 @@ class LoraModel(BaseTuner):
         if not self.adapters_enabled:  # HF peft: adapters off, names ignored
             yield
             return
+        from ..trainable_tokens.layer import TrainableTokensLayer
+        from ..trainable_tokens.model import implicit_tied_heads
+
         layers = [layer for _, layer in self.tuner_layers()]
         known = set()
         for layer in layers:
             known.update(getattr(layer, "lora_A", {}).keys(), getattr(layer, "lora_embedding_A", {}).keys())
         check_adapter_names(adapter_names, known, self.training, batch_size)
         for layer in layers:
-            if not isinstance(layer, LoraLayer):
+            if not isinstance(layer, (LoraLayer, TrainableTokensLayer)):
                 raise TypeError(f"{type(layer).__name__} layers do not support mixed adapter batches.")
             layer._check_mixed_batch(adapter_names)
-        from ..trainable_tokens.layer import TrainableTokensWrapper
-
-        if any(isinstance(cell, (ModulesToSaveWrapper, TrainableTokensWrapper)) for _, cell in
-               self.model.cells_and_names()):
-            raise ValueError("mindpeft's mixed adapter batches (adapter_names) do not cover modules_to_save or "
-                             "trainable tokens yet: every row would get the active adapter's copy")
+            if isinstance(layer, TrainableTokensLayer) and "lm_head" in implicit_tied_heads(self.model, layer):
+                raise ValueError(f"{type(self.model).__name__} computes its logits from the input embedding's "
+                                 "weight, which holds one adapter's trainable tokens for the whole batch: mixed "
+                                 "adapter batches with trainable_token_indices on it are not supported; run one "
+                                 "batch per adapter")
+        # modules_to_save copies and trainable tokens take part too: each row gets its adapter's copy / rows
+        cells = layers + [cell for _, cell in self.model.cells_and_names() if isinstance(cell, ModulesToSaveWrapper)]
         order = list(self.peft_config)
         rows = self.__dict__.get("_adapter_rows")
         if rows is None:
             rows = self._adapter_rows = AdapterRows()
         rows.write([0 if name == BASE else order.index(name) + 1 for name in adapter_names])
-        for layer in layers:
-            layer._mixed_rows = rows
-            layer._mixed_adapters = tuple((order.index(name) + 1, name) for name in layer.adapter_names()
-                                          if name in order and not layer.use_dora.get(name, False))
+        for cell in cells:
+            cell._mixed_rows = rows
+            cell._mixed_adapters = tuple((order.index(name) + 1, name) for name in cell.mixed_batch_adapters()
+                                         if name in order)
         try:
             yield
         finally:
-            for layer in layers:
-                layer._mixed_rows, layer._mixed_adapters = None, ()
+            for cell in cells:
+                cell._mixed_rows, cell._mixed_adapters = None, ()
 
     def convert_mutated_adapter(self, peft_model, adapter_name, state_dict, path_initial_model):
         """``(state dict, config values)`` of ``adapter_name`` (a trained PiSSA/OLoRA adapter, ``state_dict`` its

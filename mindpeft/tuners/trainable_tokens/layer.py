@@ -7,6 +7,7 @@ from mindspore import Parameter, Tensor, mint, nn, ops
 
 from ...models.layers import Embedding as EmbeddingLayer, Linear as LinearLayer, linear
 from ...models.modeling_utils import numpy_dtype, to_numpy, write_parameter
+from ...utils.other import row_mask
 from ..tuners_utils import BaseTunerLayer, ParameterDict, base_weight
 
 EMBEDDING_TYPES = (EmbeddingLayer, nn.Embedding, mint.nn.Embedding)
@@ -145,13 +146,36 @@ class TrainableTokensLayer(nn.Cell, BaseTunerLayer):
             return base_weight(self.base_layer)
         return self.merged_weight(self._active_in_layer)
 
+    _mixed_rows, _mixed_adapters = None, ()  # set by LoraModel.mixed_adapter_batch
+
+    def mixed_batch_adapters(self):
+        return list(self.token_indices)
+
+    def _check_mixed_batch(self, adapter_names):
+        if self.merged_adapters:
+            raise ValueError("Cannot pass `adapter_names` when there are merged adapters, please call "
+                             "`unmerge_adapter` first.")
+
+    def _forward_with(self, x, weight):
+        return ops.gather(weight, x, 0) if self._is_embedding else linear(x, weight, self.base_layer.bias)
+
+    def _mixed_batch_forward(self, x):
+        """Each row of a mixed adapter batch with its adapter's token rows (the base weight's for the others)."""
+        result = self.base_layer(x)
+        rows = self._mixed_rows.rows[: result.shape[0]]
+        for index, name in self._mixed_adapters:
+            mask = row_mask(rows, index, result)
+            result = result * (1 - mask) + self._forward_with(x, self.merged_weight((name,))) * mask
+        return result
+
     def construct(self, x):
-        if self.disable_adapters or self.merged_adapters or not self._active_in_layer:
+        if self.disable_adapters or self.merged_adapters:
             return self.base_layer(x)
-        weight = self.merged_weight(self._active_in_layer)
-        if self._is_embedding:
-            return ops.gather(weight, x, 0)
-        return linear(x, weight, self.base_layer.bias)
+        if self._mixed_rows is not None:
+            return self._mixed_batch_forward(x)
+        if not self._active_in_layer:
+            return self.base_layer(x)
+        return self._forward_with(x, self.merged_weight(self._active_in_layer))
 
 
 class TrainableTokensWrapper(nn.Cell):
