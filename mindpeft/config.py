@@ -95,6 +95,35 @@ def check_names(config, name, keep_str=True, as_set=True):
     setattr(config, name, set(value) if as_set else list(value) if isinstance(value, list) else sorted(value))
 
 
+def check_choice(config, name, choices):
+    """``config.<name>`` must be one of ``choices``."""
+    value = getattr(config, name)
+    if not isinstance(value, (str, bool, int, type(None))) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {describe(value)}")
+
+
+def check_targets(config):
+    """The module selection: ``target_modules`` (and ``exclude_modules`` where the method has it) and
+    ``modules_to_save`` as names, ``layers_to_transform`` (an index or a list of them) with ``layers_pattern``
+    (which needs it), neither of them with a regex ``target_modules``."""
+    for name in ("target_modules", "exclude_modules"):
+        if hasattr(config, name):
+            check_names(config, name)
+    check_names(config, "modules_to_save", keep_str=False, as_set=False)
+    check_names(config, "layers_pattern", as_set=False)
+    if isinstance(config.target_modules, str):
+        for name in ("layers_to_transform", "layers_pattern"):
+            if getattr(config, name) is not None:
+                raise ValueError(f"`{name}` cannot be used when `target_modules` is a str.")
+    value = config.layers_to_transform
+    if not (value is None or (is_integer(value) and value >= 0)
+            or (isinstance(value, list) and all(is_integer(v) and v >= 0 for v in value))):
+        raise ValueError(f"layers_to_transform must be a non-negative integer or a list of them, got "
+                         f"{describe(value)}")
+    if config.layers_pattern and config.layers_to_transform is None:
+        raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified.")
+
+
 def check_mapping(config, name, check_value, expected):
     """``config.<name>``: ``None`` or a dict of string keys whose values pass ``check_value``."""
     value = getattr(config, name)

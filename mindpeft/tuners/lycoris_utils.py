@@ -14,8 +14,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.seed import _get_graph_seed
 
-from ..config import (PeftConfig, check_bool, check_mapping, check_names, check_number, describe, is_integer,
-                      is_number)
+from ..config import PeftConfig, check_bool, check_mapping, check_number, check_targets, describe, is_integer, is_number
 from ..models.layers import _uniform_real, linear
 from ..utils.other import replace_child
 from .tuners_utils import BaseTuner, BaseTunerLayer, ParameterDict, base_weight, get_pattern_key, layer_features
@@ -61,17 +60,7 @@ class LycorisConfig(PeftConfig):
             if not 0 <= value < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
         check_bool(self, "use_effective_conv2d")
-        for name in ("target_modules", "exclude_modules"):
-            check_names(self, name)
-        check_names(self, "modules_to_save", keep_str=False, as_set=False)
-        check_names(self, "layers_pattern", as_set=False)
-        value = self.layers_to_transform
-        if not (value is None or (is_integer(value) and value >= 0)
-                or (isinstance(value, list) and all(is_integer(v) and v >= 0 for v in value))):
-            raise ValueError(f"layers_to_transform must be a non-negative integer or a list of them, got "
-                             f"{describe(value)}")
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified.")
+        check_targets(self)
         init = self.init_weights
         if not isinstance(init, (bool, str)) or init not in self.init_weights_choices:
             raise ValueError(f"init_weights must be one of {self.init_weights_choices}, got {describe(init)}")

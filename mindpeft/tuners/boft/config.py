@@ -4,7 +4,7 @@ from typing import Optional, Union
 
 from ...config import PeftConfig, check_integer, check_number
 from ...utils.peft_types import PeftType
-from ..oft.config import check_layer_selection
+from ..oft.config import check_shared_fields
 
 
 @dataclass
@@ -54,4 +54,4 @@ class BOFTConfig(PeftConfig):
         check_number(self, "boft_dropout")
         if not 0 <= self.boft_dropout < 1:
             raise ValueError(f"boft_dropout must be in [0, 1), got {self.boft_dropout}")
-        check_layer_selection(self, ("none", "all", "boft_only"))
+        check_shared_fields(self, ("none", "all", "boft_only"))

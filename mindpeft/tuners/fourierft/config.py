@@ -2,9 +2,9 @@
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from ...config import PeftConfig, check_bool, check_integer, check_mapping, check_names, check_number, is_integer
+from ...config import (PeftConfig, check_bool, check_choice, check_integer, check_mapping, check_number, check_targets,
+                       is_integer)
 from ...utils.peft_types import PeftType
-from ..vera.config import check_bias, check_layer_selection
 
 BIAS_CHOICES = ("none", "all", "fourier_only")
 
@@ -40,15 +40,8 @@ class FourierFTConfig(PeftConfig):
         check_integer(self, "random_loc_seed")
         for name in ("fan_in_fan_out", "init_weights"):
             check_bool(self, name)
-        check_bias(self, BIAS_CHOICES)
-        for name in ("target_modules", "exclude_modules"):
-            check_names(self, name)
-        check_names(self, "modules_to_save", keep_str=False, as_set=False)
-        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
-            raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str.")
-        if isinstance(self.target_modules, str) and self.layers_pattern is not None:
-            raise ValueError("`layers_pattern` cannot be used when `target_modules` is a str.")
-        check_layer_selection(self)
+        check_choice(self, "bias", BIAS_CHOICES)
+        check_targets(self)
         if self.n_frequency_pattern is None:
             self.n_frequency_pattern = {}
         check_mapping(self, "n_frequency_pattern", lambda n: is_integer(n) and n > 0, "positive integers")

@@ -2,9 +2,8 @@
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from ...config import PeftConfig, check_bool, check_integer, check_names
+from ...config import PeftConfig, check_bool, check_choice, check_integer, check_targets
 from ...utils.peft_types import PeftType
-from ..vera.config import check_bias, check_layer_selection
 
 BIAS_CHOICES = ("none", "all", "hra_only")
 
@@ -34,12 +33,5 @@ class HRAConfig(PeftConfig):
         check_integer(self, "r", minimum=1)
         for name in ("apply_GS", "init_weights"):
             check_bool(self, name)
-        check_bias(self, BIAS_CHOICES)
-        for name in ("target_modules", "exclude_modules"):
-            check_names(self, name)
-        check_names(self, "modules_to_save", keep_str=False, as_set=False)
-        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
-            raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str.")
-        if isinstance(self.target_modules, str) and self.layers_pattern is not None:
-            raise ValueError("`layers_pattern` cannot be used when `target_modules` is a str.")
-        check_layer_selection(self)
+        check_choice(self, "bias", BIAS_CHOICES)
+        check_targets(self)

@@ -3,8 +3,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from ...config import (PeftConfig, check_bool, check_mapping, check_names, check_number, describe, is_integer,
-                       is_number)
+from ...config import (PeftConfig, check_bool, check_mapping, check_names, check_number, check_targets, describe,
+                       is_integer, is_number)
 from ...utils.peft_types import PeftType
 from .initialization import check_init_lora_weights, mutates_base_weight
 
@@ -62,11 +62,7 @@ class LoraConfig(PeftConfig):
         check_number(self, "lora_dropout")
         if self.lora_dropout < 0 or self.lora_dropout >= 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        for name in ("target_modules", "exclude_modules"):
-            check_names(self, name)
-        check_names(self, "modules_to_save", keep_str=False, as_set=False)
-        check_names(self, "layers_pattern", as_set=False)
-        self._check_layers_to_transform()
+        check_targets(self)
         for name in ("fan_in_fan_out", "use_rslora", "use_dora", "lora_bias"):
             check_bool(self, name)
         if self.bias not in ("none", "all", "lora_only"):
@@ -83,12 +79,6 @@ class LoraConfig(PeftConfig):
                                  f"False, got init_lora_weights={self.init_lora_weights} instead.")
             if self.use_dora:
                 raise ValueError("The argument lora_bias=True is not supported for DoRA, please pass use_dora=False")
-        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
-            raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str.")
-        if isinstance(self.target_modules, str) and self.layers_pattern is not None:
-            raise ValueError("`layers_pattern` cannot be used when `target_modules` is a str.")
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified.")
         self._check_rank_pattern()
         check_mapping(self, "alpha_pattern", is_number, "finite ints or floats")
         if self.use_rslora and (self.rank_pattern or self.alpha_pattern) and mutates_base_weight(
@@ -142,14 +132,6 @@ class LoraConfig(PeftConfig):
                              f"to such lists, got {describe(indices)}")
         for name, value in indices.items():
             check_token_indices(f"trainable_token_indices[{name!r}]", value)
-
-    def _check_layers_to_transform(self):
-        value = self.layers_to_transform
-        if value is None or (is_integer(value) and value >= 0):
-            return
-        if not isinstance(value, list) or not all(is_integer(v) and v >= 0 for v in value):
-            raise ValueError(f"layers_to_transform must be a non-negative integer or a list of them, got "
-                             f"{describe(value)}")
 
     def _check_rank_pattern(self):
         check_mapping(self, "rank_pattern", lambda rank: is_integer(rank) and rank > 0, "positive integers")

@@ -2,24 +2,14 @@
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from ...config import PeftConfig, check_bool, check_integer, check_names, check_number, describe, is_integer
+from ...config import PeftConfig, check_bool, check_choice, check_integer, check_number, check_targets
 from ...utils.peft_types import PeftType
 
 
-def check_layer_selection(config, bias_choices):
+def check_shared_fields(config, bias_choices):
     """Checks of the fields OFT and BOFT share: targets, ``bias``, ``init_weights`` and the layer selection."""
-    for name in ("target_modules", "exclude_modules"):
-        check_names(config, name)
-    check_names(config, "modules_to_save", keep_str=False, as_set=False)
-    check_names(config, "layers_pattern", as_set=False)
-    value = config.layers_to_transform
-    if not (value is None or (is_integer(value) and value >= 0)
-            or (isinstance(value, list) and all(is_integer(v) and v >= 0 for v in value))):
-        raise ValueError(f"layers_to_transform must be a non-negative integer or a list of them, got {describe(value)}")
-    if config.layers_pattern and config.layers_to_transform is None:
-        raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified.")
-    if config.bias not in bias_choices:
-        raise ValueError(f"bias must be one of {bias_choices}, got {describe(config.bias)}")
+    check_targets(config)
+    check_choice(config, "bias", bias_choices)
     check_bool(config, "fan_in_fan_out")
     check_bool(config, "init_weights")
 
@@ -69,7 +59,7 @@ class OFTConfig(PeftConfig):
         check_number(self, "module_dropout")
         if not 0 <= self.module_dropout < 1:
             raise ValueError(f"module_dropout must be in [0, 1), got {self.module_dropout}")
-        check_layer_selection(self, ("none", "all", "oft_only"))
+        check_shared_fields(self, ("none", "all", "oft_only"))
         for name in ("coft", "block_share", "use_cayley_neumann"):
             check_bool(self, name)
         check_number(self, "eps")

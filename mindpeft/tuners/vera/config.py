@@ -3,27 +3,10 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from ...config import PeftConfig, check_bool, check_integer, check_names, check_number, describe, is_integer
+from ...config import PeftConfig, check_bool, check_choice, check_integer, check_number, check_targets
 from ...utils.peft_types import PeftType
 
 BIAS_CHOICES = ("none", "all", "vera_only")
-
-
-def check_layer_selection(config):
-    """``layers_to_transform`` (an index or a list of them) and ``layers_pattern`` (which needs it)."""
-    value = config.layers_to_transform
-    if not (value is None or (is_integer(value) and value >= 0)
-            or (isinstance(value, list) and all(is_integer(v) and v >= 0 for v in value))):
-        raise ValueError(f"layers_to_transform must be a non-negative integer or a list of them, got "
-                         f"{describe(value)}")
-    check_names(config, "layers_pattern", as_set=False)
-    if config.layers_pattern and config.layers_to_transform is None:
-        raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified.")
-
-
-def check_bias(config, choices):
-    if config.bias not in choices:
-        raise ValueError(f"bias must be one of {choices}, got {describe(config.bias)}")
 
 
 @dataclass
@@ -59,10 +42,8 @@ class VeraConfig(PeftConfig):
             check_number(self, name)
         if not 0 <= self.vera_dropout < 1:
             raise ValueError(f"vera_dropout must be in [0, 1), got {self.vera_dropout}")
-        check_bias(self, BIAS_CHOICES)
-        check_names(self, "target_modules")
-        check_names(self, "modules_to_save", keep_str=False, as_set=False)
-        check_layer_selection(self)
+        check_choice(self, "bias", BIAS_CHOICES)
+        check_targets(self)
         if not self.save_projection:
             warnings.warn("Specified to not save vera_A and vera_B within the state dictionary, instead they will be "
                           "restored using the PRNG key store in `config.projection_prng_key`. Consider setting "
