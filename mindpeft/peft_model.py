@@ -11,6 +11,7 @@ from .models.model_outputs import ModelOutputMixin
 from .models.gradient_checkpointing import (disable_gradient_checkpointing, enable_gradient_checkpointing,
                                             is_gradient_checkpointing)
 from .models.modeling_utils import sync_parameter_names
+from .models.peft_integration import convert_legacy_target_modules
 from .utils.constants import CONFIG_NAME, TASK_HEAD_MODULE_NAMES
 from .utils.hub import resolve_folder
 from .utils.io import atomic_directory, write_text
@@ -41,6 +42,7 @@ class PeftModel(ModelOutputMixin, nn.Cell):
         if peft_config.base_model_name_or_path is None:
             peft_config.base_model_name_or_path = getattr(model, "name_or_path", None) or None
         self._prepare_config(peft_config)
+        convert_legacy_target_modules(peft_config, model)
         self.peft_type = peft_config.peft_type
         self._is_prompt_learning = peft_config.is_prompt_learning
         if self._is_prompt_learning:
@@ -163,6 +165,7 @@ class PeftModel(ModelOutputMixin, nn.Cell):
         if peft_config.base_model_name_or_path is None:
             peft_config.base_model_name_or_path = self.active_peft_config.base_model_name_or_path
         self._prepare_config(peft_config)
+        convert_legacy_target_modules(peft_config, self.get_base_model())
         if self._is_prompt_learning:
             self._add_prompt_adapter(adapter_name, peft_config)
             return

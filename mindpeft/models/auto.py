@@ -6,6 +6,7 @@ from ..utils.io import read_json_object
 from . import bert, bloom, gpt2, llama, mistral, opt, qwen2, t5
 from . import segformer, vit, whisper
 from .configuration_utils import CONFIG_NAME, ConfigError
+from .peft_integration import adapter_base_model_path
 
 CONFIG_MAPPING = {"gpt2": gpt2.GPT2Config, "bert": bert.BertConfig, "roberta": bert.RobertaConfig,
                   "t5": t5.T5Config, "mt5": t5.MT5Config, "llama": llama.LlamaConfig,
@@ -34,9 +35,11 @@ class _AutoModel:
 
     @classmethod
     def from_pretrained(cls, path, **kwargs):
-        """The model class of ``model_type`` in ``path``'s ``config.json`` (a folder or a cached hub id)."""
+        """The model class of ``model_type`` in ``path``'s ``config.json`` (a folder or a cached hub id). An
+        adapter folder (``adapter_config.json``, no ``config.json``) gives its base model with the adapter loaded
+        (see :meth:`PreTrainedModel.from_pretrained <mindpeft.models.PreTrainedModel.from_pretrained>`)."""
         path = resolve_folder(path, kwargs.pop("revision", None), kwargs.pop("subfolder", None))
-        model_type = _read_config(path).get("model_type")
+        model_type = _read_config(adapter_base_model_path(path) or path).get("model_type")
         return cls._model_class(model_type).from_pretrained(path, **kwargs)
 
 

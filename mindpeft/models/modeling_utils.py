@@ -18,6 +18,7 @@ from .configuration_utils import CONFIG_NAME, ConfigError, PretrainedConfig
 from .gradient_checkpointing import (disable_gradient_checkpointing, enable_gradient_checkpointing,
                                      is_gradient_checkpointing)
 from .model_outputs import ModelOutputMixin
+from .peft_integration import PeftAdapterMixin, adapter_base_model_path
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -241,7 +242,7 @@ def _is_weights_file(name):
     return name in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME) or _SHARD_NAME.fullmatch(name) is not None
 
 
-class PreTrainedModel(ModelOutputMixin, nn.Cell):
+class PreTrainedModel(ModelOutputMixin, PeftAdapterMixin, nn.Cell):
     """A Cell built from a :class:`PretrainedConfig` that loads HF weights by their HF key names.
 
     Subclasses set ``config_class`` and ``base_model_prefix`` (the attribute holding the backbone, such as
@@ -275,8 +276,18 @@ class PreTrainedModel(ModelOutputMixin, nn.Cell):
         floating-point weights, a MindSpore dtype, ``"float32"`` (default), ``"float16"``, ``"bfloat16"`` (not on
         CPU) or ``"auto"`` (the config's ``dtype``, else the checkpoint's); in float16 the modules in
         ``_keep_in_fp32_modules`` stay float32, as in transformers.
+
+        A folder holding an adapter (``adapter_config.json``) and no ``config.json`` loads the base model its
+        ``base_model_name_or_path`` names and then the adapter (:meth:`load_adapter`, as ``adapter_name``), as
+        transformers does.
         """
         path = resolve_folder(path, config_kwargs.pop("revision", None), config_kwargs.pop("subfolder", None))
+        adapter_name = config_kwargs.pop("adapter_name", "default")
+        base_path = adapter_base_model_path(path)
+        if base_path is not None:  # an adapter folder (transformers): the base model it names, then the adapter
+            model = cls.from_pretrained(base_path, config, strict, ms_dtype, **config_kwargs)
+            model.load_adapter(path, adapter_name=adapter_name)
+            return model
         dtype = cls._requested_dtype(ms_dtype, config_kwargs.pop("dtype", None), config_kwargs.pop("torch_dtype", None))
         weights = checkpoint_file(path)
         if config is None:
@@ -433,13 +444,18 @@ class PreTrainedModel(ModelOutputMixin, nn.Cell):
         from ..quantization.serialization import quantized_checkpoint  # quantized layers: bitsandbytes keys
         return quantized_checkpoint(self, {name: to_numpy(p) for name, p in named_parameters(self).items()})
 
-    def save_pretrained(self, save_directory, max_shard_size="5GB"):
+    def save_pretrained(self, save_directory, max_shard_size="5GB", save_peft_format=True):
         """Write ``config.json`` and the weights with HF key names, replacing the folder as a whole (see
         :func:`mindpeft.utils.io.atomic_directory`; weight files of an earlier save are not kept).
 
         Weights over ``max_shard_size`` (bytes, or text such as ``"5GB"``, ``"500MB"``) are split as transformers
         does: ``model-00001-of-00003.safetensors``... and ``model.safetensors.index.json``.
+
+        A model holding adapters (:meth:`add_adapter`, :meth:`load_adapter`) writes only its active adapter, in HF
+        peft's format (keys prefixed ``base_model.model.`` unless ``save_peft_format=False``), as transformers does.
         """
+        if self._hf_peft_config_loaded:
+            return self._save_adapters(save_directory, save_peft_format)
         max_bytes = parse_shard_size(max_shard_size)
         config_text = self.config.to_json_string()
         tensors = {k: np.require(v, requirements="C") for k, v in self.state_dict().items()}  # keeps 0-d shapes

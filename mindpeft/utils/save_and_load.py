@@ -7,6 +7,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from ..models.modeling_utils import assign, load_safetensors, to_numpy
+from ..models.peft_integration import adapter_checkpoint_keys
 from .constants import EMBEDDING_LAYER_NAMES, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 from .other import ModulesToSaveWrapper, replace_child
 
@@ -169,8 +170,12 @@ def set_peft_model_state_dict(model, state_dict, adapter_name="default", ignore_
     keys matching no parameter, and base model weights the adapter does not own (not its own parameters,
     ``modules_to_save`` copies, ``bias`` biases or targeted embeddings), which are never overwritten.
     ``ignore_mismatched_sizes=True`` (HF peft's option) skips tensors of another shape with a warning instead.
+    Keys are first fitted to the model (:func:`mindpeft.models.peft_integration.adapter_checkpoint_keys`):
+    ``base_model.model.`` dropped for a model that is no PeftModel, as HF peft does, and the old module names of
+    ViT and SegFormer adapters written on transformers 4 renamed.
     """
     config = model.peft_config[adapter_name]
+    state_dict = adapter_checkpoint_keys(model, state_dict)
     bad_values = non_finite_keys(state_dict)
     if bad_values:
         raise ValueError(f"The adapter checkpoint holds NaN or infinite values in {_shorten(bad_values)}")
