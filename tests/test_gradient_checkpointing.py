@@ -256,19 +256,26 @@ def measure_activation_memory(checkpointing, hidden=128, layers=16, heads=8, bat
     return {"activation_mb": _peak_rss_mb() - before, "loss": loss}
 
 
-def _measure_in_subprocess(checkpointing, **sizes):
+def _start_measuring(checkpointing, **sizes):
+    """A child process printing :func:`measure_activation_memory`'s result (each measurement in its own process,
+    so that one's peak does not hide the other's; the two run side by side)."""
     code = (f"import json, sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
             "from test_gradient_checkpointing import measure_activation_memory as m; "
             f"print(json.dumps(m({checkpointing}, **{sizes!r})))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "GLOG_v": "3"})
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "GLOG_v": "3"})
+
+
+def _result(process):
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def test_activation_memory_halved_at_4x512_tokens():
     """PyNative, 4 x 512 tokens, 16 layers: checkpointing at least halves the step's memory, with the same loss
     (measured: about 1210 MB without, 460 MB with; the rest is one layer's attention, recomputed in the backward)."""
-    plain = _measure_in_subprocess(False)
-    checkpointed = _measure_in_subprocess(True)
+    processes = [_start_measuring(False), _start_measuring(True)]
+    plain, checkpointed = (_result(p) for p in processes)
     assert abs(plain["loss"] - checkpointed["loss"]) < 1e-5
     assert plain["activation_mb"] >= 2 * checkpointed["activation_mb"], (plain, checkpointed)
