@@ -19,12 +19,14 @@ setup(
     extras_require={
         # Reference implementations the tests compare numbers against (never used at run time).
         "test": ["pytest==9.0.3", "torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "optuna==5.0.0",
-                 "tensorboardX==2.6.5", "Pillow==13.0.0", "bitsandbytes==0.50.0"],
+                 "tensorboardX==2.6.5", "Pillow==13.0.0", "bitsandbytes==0.50.0", "matplotlib==3.11.2"],
         # AutoImageProcessor's resizing (ViT, SegFormer), as transformers' PIL backend.
         "vision": ["Pillow==13.0.0"],
         # Trainer.hyperparameter_search(backend="optuna") and TrainingArguments(report_to="tensorboard").
         "optuna": ["optuna==5.0.0"],
         "tensorboard": ["tensorboardX==2.6.5"],
+        # scripts/plot_metrics.py: a Trainer run's curves as a PNG.
+        "plot": ["matplotlib==3.11.2"],
         # mindpeft wraps mindnlp's Cell models where mindnlp runs; measured here, mindnlp 0.3/0.4 do not import
         # on MindSpore 2.10 and 0.5 is a torch shim, so no version is pinned and none is needed by mindpeft.
         "mindnlp": ["mindnlp"],

@@ -1,82 +1,64 @@
-"""Command-line PEFT trainer: a local model folder and a CSV in, an adapter and metrics JSON out.
+"""Command-line PEFT training over mindpeft.Trainer: a local model folder and a CSV in, an adapter and metrics out.
 
     python scripts/train.py --method lora --model path/to/model --data tutorials/data/movie_reviews.csv \\
-        --output-dir runs/lora --epochs 3 --lr 5e-3 --batch-size 16
+        --output-dir runs/lora --epochs 3 --lr 5e-3 --batch-size 16 [--nproc 2]
 
 The model folder holds config.json, model.safetensors and tokenizer.json. The task is --task, or follows from the
 model and the data: T5/mT5 models learn seq2seq (--text-column -> --target-column), other models classify the
-integer labels of --label-column; a CSV without that column needs --task causal_lm to learn language modelling on
---text-column. The data is checked before anything is trained.
+integer labels of --label-column; a CSV without that column needs --task causal_lm. Data and model are checked first.
 
-After every epoch (and every --save-steps steps) a checkpoint goes to OUTPUT/checkpoint-<step>: the adapter, the
-optimizer state (which holds the trainable weights and the learning-rate schedule's step), trainer_state.json (the
-position, the metrics so far, the run's settings and a checksum of every file) and the random-number states. It is
-written into a temporary folder and renamed when complete, and the last --save-total-limit checkpoints are kept.
-Running the same command again resumes from the newest checkpoint that passes its checks (falling back to an older
-one when it is damaged) and ends with the same adapter, bit for bit, as a run that was never interrupted; it refuses
-other settings (--epochs may change). Ctrl-C (or SIGTERM) stops after the step in progress with exit status 130; the
-last complete checkpoint stays the resume point. The final adapter goes to OUTPUT/adapter and the per-epoch metrics
-to OUTPUT/metrics.json, each replaced as a whole.
+Every epoch the Trainer logs the training loss, evaluates on a held-out tenth of the rows (loss; accuracy for
+classification and seq2seq) and writes OUTPUT/checkpoint-<step> (also every --save-steps steps), keeping the newest
+--save-total-limit. The same command again resumes from the newest checkpoint that passes its checksums (an older
+one when it is damaged) and ends with the same adapter, bit for bit, as an uninterrupted run; other settings are
+refused (--epochs may change). Ctrl-C or SIGTERM stops after the step in progress with exit status 130. The end:
+OUTPUT/adapter, OUTPUT/metrics.json (per epoch) and OUTPUT/trainer_state.json (scripts/plot_metrics.py draws it).
+--nproc N trains data-parallel on N local msrun workers (logs in OUTPUT/msrun_logs), each taking batch-size / N rows.
 """
 import argparse
 import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
-import random
 import shlex
-import signal
+import shutil
+import socket
+import subprocess
 import sys
-import time
 
 import numpy as np
-import mindspore as ms
-from mindspore.experimental import optim
-from tqdm.auto import tqdm
 
 import mindpeft
-from mindpeft import TaskType, get_peft_model
+from mindpeft import TaskType, get_peft_model, set_seed
 from mindpeft.models import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
                              AutoModelForSequenceClassification, Tokenizer)
-from mindpeft.training import (CausalLMTokenize, ClassificationTokenize, ForwardStep, Seq2SeqTokenize, TrainStep,
-                               build_dataset, classification_accuracy, evaluate, get_linear_schedule_with_warmup,
-                               train_test_split)
+from mindpeft.training import (CausalLMTokenize, ClassificationTokenize, Seq2SeqTokenize, Seq2SeqTrainer,
+                               Seq2SeqTrainingArguments, Trainer, TrainerCallback, TrainerState, TrainingArguments,
+                               default_data_collator, train_test_split)
+from mindpeft.training.callbacks import ExportableState, StopOnSignalCallback
+from mindpeft.training.checkpoint import file_info, list_checkpoints
 from mindpeft.training.data import check_columns, check_labels, check_texts, load_csv
+from mindpeft.training.distributed import init_distributed, launched_by_msrun
+from mindpeft.training.trainer import STATE_FILE, newest_checkpoint
 from mindpeft.utils.hub import resolve_folder
-from mindpeft.utils.seeding import reseed_dropout
-from mindpeft.training.checkpoint import (  # noqa: F401 (CHECKPOINT_RE: train.CHECKPOINT_RE for the tests)
-    CHECKPOINT_RE, CheckpointError, adalora_arrays, discard, file_info, list_checkpoints, quarantine, remove_stale,
-    restore_adalora, rng_state, set_rng_state, verify_checksums)
-from mindpeft.utils.io import atomic_directory, read_json_object, write_json
+from mindpeft.utils.io import write_json
 
 METHODS = ("lora", "prefix", "ptuning", "prompt", "ia3", "adalora")
 PROMPT_METHODS = ("prefix", "ptuning", "prompt")
 TASKS = {"seq_cls": TaskType.SEQ_CLS, "causal_lm": TaskType.CAUSAL_LM, "seq2seq": TaskType.SEQ_2_SEQ_LM}
+TASK_NAMES = {task: name for name, task in TASKS.items()}
 AUTO_CLASSES = {TaskType.SEQ_2_SEQ_LM: AutoModelForSeq2SeqLM, TaskType.SEQ_CLS: AutoModelForSequenceClassification,
                 TaskType.CAUSAL_LM: AutoModelForCausalLM}
-PEFT_TYPES = {"lora": "LORA", "adalora": "ADALORA", "ia3": "IA3", "prompt": "PROMPT_TUNING",
-              "prefix": "PREFIX_TUNING", "ptuning": "P_TUNING"}
 TARGET_MAX_LENGTH = 8  # seq2seq target tokens
-
-STATE_FILE = "trainer_state.json"
-OPTIMIZER_FILE = "optimizer.ckpt"
-RNG_FILE = "rng_state.json"
-ADALORA_FILE = "adalora_state.npz"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-STATE_FORMAT = 1
 LOCK_FILE = ".train.lock"
-INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, for SIGTERM too (see StopRequest)
-# Testing aid: seconds to wait inside a checkpoint's temporary folder before it is renamed into place.
-CHECKPOINT_DELAY_ENV = "MINDPEFT_TRAIN_CHECKPOINT_DELAY"
-
-# Settings a resumed run must share with the checkpoint (option, trainer_state key). --epochs may change (see
-# check_compatible); --save-steps, --save-total-limit and --no-progress are free.
-FIXED_SETTINGS = (("--method", "method"), ("--task", "task"), ("--model", "model_fingerprint"),
-                  ("--data", "data_fingerprint"), ("--max-rows", "max_rows"), ("--text-column", "text_column"),
-                  ("--label-column", "label_column"), ("--target-column", "target_column"), ("--r", "r"),
-                  ("--num-virtual-tokens", "num_virtual_tokens"), ("--lr", "lr"), ("--batch-size", "batch_size"),
-                  ("--max-length", "max_length"), ("--warmup-ratio", "warmup_ratio"), ("--seed", "seed"))
+INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, for SIGTERM too
+RESUME_ENV = "MINDPEFT_TRAIN_RESUME_FROM"  # the checkpoint the launcher chose, for its msrun workers
+# Options a resumed run must share with its checkpoint; --epochs may change (not for AdaLoRA), the rest are free.
+FIXED_SETTINGS = ("--method", "--task", "--model", "--data", "--max-rows", "--text-column", "--label-column",
+                  "--target-column", "--r", "--num-virtual-tokens", "--lr", "--batch-size", "--max-length",
+                  "--warmup-ratio", "--max-grad-norm", "--seed")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -100,7 +82,7 @@ def parse_args(argv):
                              "the CSV)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs to train (may grow when resuming)")
     parser.add_argument("--lr", type=float, default=5e-3, help="peak learning rate (linear warm-up and decay)")
-    parser.add_argument("--batch-size", type=int, default=8, help="rows per step")
+    parser.add_argument("--batch-size", type=int, default=8, help="rows per optimizer step, over all workers")
     parser.add_argument("--max-length", type=int, default=32, help="tokens per text (truncated or padded)")
     parser.add_argument("--text-column", default="sentence", help="input text column")
     parser.add_argument("--label-column", default="label", help="integer class labels (classification)")
@@ -109,12 +91,14 @@ def parse_args(argv):
     parser.add_argument("--r", type=int, default=8, help="rank for lora / target rank for adalora")
     parser.add_argument("--num-virtual-tokens", type=int, default=8, help="virtual tokens (prefix/ptuning/prompt)")
     parser.add_argument("--warmup-ratio", type=float, default=0.1, help="share of the steps spent warming up")
+    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="clip gradients to this norm (0: never)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the shuffling, dropout and init")
     parser.add_argument("--save-steps", type=int, default=0,
                         help="also checkpoint every N steps within an epoch (0: only at the end of each epoch); "
                              "each checkpoint reseeds dropout and so recompiles the train step")
     parser.add_argument("--save-total-limit", type=int, default=2, help="checkpoints kept (0: all)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument("--nproc", type=int, default=1, help="data-parallel worker processes (started with msrun)")
+    parser.add_argument("--no-progress", action="store_true", help="print the logs instead of progress bars")
     return parser.parse_args(argv)
 
 
@@ -129,13 +113,19 @@ def check_arguments(args):
                              ("--max-length", args.max_length, 2), ("--r", args.r, 1),
                              ("--num-virtual-tokens", args.num_virtual_tokens, 1), ("--max-rows", args.max_rows, 0),
                              ("--save-steps", args.save_steps, 0), ("--save-total-limit", args.save_total_limit, 0),
-                             ("--seed", args.seed, 0)):
+                             ("--seed", args.seed, 0), ("--nproc", args.nproc, 1)):
         if value < low:
             fail(f"{name} must be at least {low}, got {value}")
     if not args.lr > 0:
         fail(f"--lr must be positive, got {args.lr}")
     if not 0.0 <= args.warmup_ratio <= 1.0:
         fail(f"--warmup-ratio must be between 0 and 1, got {args.warmup_ratio}")
+    if not args.max_grad_norm >= 0:
+        fail(f"--max-grad-norm must be 0 or more, got {args.max_grad_norm}")
+    if args.batch_size % args.nproc:
+        fail(f"--batch-size {args.batch_size} does not split evenly over --nproc {args.nproc} workers")
+    if args.nproc > 1 and not launched_by_msrun() and shutil.which("msrun") is None:
+        fail("--nproc needs MindSpore's msrun launcher, which is not on PATH")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         fail(f"--output-dir {args.output_dir} is an existing file, not a folder")
 
@@ -154,21 +144,18 @@ def resolve_task(args, model_type, table):
              "--task causal_lm for language modelling on --text-column")
     supported = AUTO_CLASSES[task].mapping
     if model_type not in supported:
-        name = {v: k for k, v in TASKS.items()}[task]
-        fail(f"{args.model} is a {model_type!r} model, which cannot do task {name}; that task needs one of "
-             f"{sorted(supported)}")
+        fail(f"{args.model} is a {model_type!r} model, which cannot do task {TASK_NAMES[task]}; that task needs one "
+             f"of {sorted(supported)}")
     return task
 
 
 def position_limit(config):
-    """How many positions the model's position table holds (``None``: no table, e.g. T5's relative buckets)."""
-    model_type = config.model_type
-    if model_type == "gpt2":
+    """(positions in the model's position table, its config field); (None, None) without a table (T5)."""
+    if config.model_type == "gpt2":
         return int(config.n_positions), "n_positions"
-    if model_type == "bert":
-        return int(config.max_position_embeddings), "max_position_embeddings"
-    if model_type == "roberta":  # positions are numbered from pad_token_id + 1
-        return int(config.max_position_embeddings) - int(config.pad_token_id) - 1, "max_position_embeddings"
+    if config.model_type in ("bert", "roberta"):  # RoBERTa numbers the positions from pad_token_id + 1
+        offset = int(config.pad_token_id) + 1 if config.model_type == "roberta" else 0
+        return int(config.max_position_embeddings) - offset, "max_position_embeddings"
     return None, None
 
 
@@ -181,15 +168,13 @@ def check_data_and_model(args, table, config, task, limited=False):
         fail(f"{args.data} has {what}{limit}: at least 2 are needed, one of them held out for evaluation")
     try:
         check_columns(table, {args.text_column: "--text-column"})
+        check_texts(table, args.text_column)
         if task == TaskType.SEQ_CLS:
             check_columns(table, {args.label_column: "--label-column"})
+            check_labels(table, args.label_column, int(getattr(config, "num_labels", 2)))
         if task == TaskType.SEQ_2_SEQ_LM:
             check_columns(table, {args.target_column: "--target-column"})
-        check_texts(table, args.text_column)
-        if task == TaskType.SEQ_2_SEQ_LM:
             check_texts(table, args.target_column)
-        if task == TaskType.SEQ_CLS:
-            check_labels(table, args.label_column, int(getattr(config, "num_labels", 2)))
     except ValueError as err:
         fail(str(err))
     limit, name = position_limit(config)
@@ -201,42 +186,7 @@ def check_data_and_model(args, table, config, task, limited=False):
              "or less")
 
 
-# ----- the model and the data --------------------------------------------------------------------------------
-def peft_config(method, task, args, total_steps):
-    common = dict(task_type=task)
-    if method == "lora":
-        return mindpeft.LoraConfig(r=args.r, lora_alpha=2 * args.r, lora_dropout=0.05, **common)
-    if method == "adalora":
-        return mindpeft.AdaLoraConfig(target_r=args.r, init_r=args.r + 4, lora_alpha=2 * args.r,
-                                      total_step=total_steps, tinit=total_steps // 10, tfinal=total_steps // 5,
-                                      **common)
-    if method == "ia3":
-        return mindpeft.IA3Config(**common)
-    if method == "prompt":
-        return mindpeft.PromptTuningConfig(num_virtual_tokens=args.num_virtual_tokens, **common)
-    if method == "prefix":
-        return mindpeft.PrefixTuningConfig(num_virtual_tokens=args.num_virtual_tokens, **common)
-    return mindpeft.PromptEncoderConfig(num_virtual_tokens=args.num_virtual_tokens, encoder_hidden_size=64, **common)
-
-
-def load_base(task, path):
-    return AUTO_CLASSES[task].from_pretrained(path)
-
-
-def tokenizing_map(task, tokenizer, args):
-    if task == TaskType.SEQ_2_SEQ_LM:
-        return Seq2SeqTokenize(tokenizer, args.max_length, TARGET_MAX_LENGTH, args.text_column, args.target_column)
-    if task == TaskType.SEQ_CLS:
-        return ClassificationTokenize(tokenizer, args.max_length, args.text_column, args.label_column)
-    return CausalLMTokenize(tokenizer, args.max_length, args.text_column)
-
-
-def epoch_order(num_rows, seed, epoch):
-    """The order of the training rows in ``epoch``: a permutation that depends only on (seed, epoch)."""
-    return np.random.default_rng([seed, epoch]).permutation(num_rows)
-
-
-# ----- fingerprints and states --------------------------------------------------------------------------------
+# ----- the run: data, settings, model -------------------------------------------------------------------------
 def model_fingerprint(path):
     """config.json's checksum and the weight files' sizes: the same model, wherever its folder is."""
     info = {"config.json": file_info(os.path.join(path, "config.json"))["sha256"]}
@@ -254,9 +204,99 @@ def data_fingerprint(table, columns):
     return digest.hexdigest()[:16]
 
 
-# ----- the output folder ------------------------------------------------------------------------------------------
+def prepare(args):
+    """Read and check the data and the model's config, tokenize the rows and fix the run's settings; fails before
+    anything is written."""
+    try:
+        whole = load_csv(args.data)
+        table = whole.head(args.max_rows)
+        model_folder = resolve_folder(args.model)
+        config = AutoConfig.from_pretrained(args.model)
+    except (OSError, ValueError) as err:
+        fail(str(err))
+    task = resolve_task(args, config.model_type, table)
+    check_data_and_model(args, table, config, task, limited=len(table) < len(whole))
+    tokenizer = Tokenizer.from_pretrained(args.model)
+    if task == TaskType.SEQ_CLS and config.model_type == "gpt2":
+        tokenizer.padding_side = "left"  # GPT-2 classifies at the last position
+    if task == TaskType.SEQ_CLS:
+        tokenize = ClassificationTokenize(tokenizer, args.max_length, args.text_column, args.label_column)
+    elif task == TaskType.CAUSAL_LM:
+        tokenize = CausalLMTokenize(tokenizer, args.max_length, args.text_column)
+    else:
+        tokenize = Seq2SeqTokenize(tokenizer, args.max_length, TARGET_MAX_LENGTH, args.text_column, args.target_column)
+    train_records, eval_records = train_test_split(table.rows, test_size=0.1, seed=args.seed)
+
+    def rows(records):
+        return [dict(zip(tokenize.output_columns, tokenize(*(r[c] for c in tokenize.input_columns))))
+                for r in records]
+
+    settings = {f"--{name.replace('_', '-')}": value for name, value in vars(args).items()}
+    settings.update({"--task": TASK_NAMES[task], "--model": model_fingerprint(model_folder),
+                     "--data": data_fingerprint(table, tokenize.input_columns),
+                     "model_path": os.path.abspath(args.model), "data_path": os.path.abspath(args.data)})
+    unused = {"--label-column": task != TaskType.SEQ_CLS, "--target-column": task != TaskType.SEQ_2_SEQ_LM,
+              "--r": args.method not in ("lora", "adalora"), "--num-virtual-tokens": args.method not in PROMPT_METHODS}
+    settings.update({option: None for option, skip in unused.items() if skip})
+    return argparse.Namespace(task=task, tokenizer=tokenizer, train_rows=rows(train_records),
+                              eval_rows=rows(eval_records), settings=settings)
+
+
+def peft_config(args, task, total_steps):
+    common = dict(task_type=task)
+    if args.method == "lora":
+        return mindpeft.LoraConfig(r=args.r, lora_alpha=2 * args.r, lora_dropout=0.05, **common)
+    if args.method == "adalora":
+        return mindpeft.AdaLoraConfig(target_r=args.r, init_r=args.r + 4, lora_alpha=2 * args.r,
+                                      total_step=total_steps, tinit=total_steps // 10, tfinal=total_steps // 5,
+                                      **common)
+    if args.method == "ia3":
+        return mindpeft.IA3Config(**common)
+    if args.method == "prompt":
+        return mindpeft.PromptTuningConfig(num_virtual_tokens=args.num_virtual_tokens, **common)
+    if args.method == "prefix":
+        return mindpeft.PrefixTuningConfig(num_virtual_tokens=args.num_virtual_tokens, **common)
+    return mindpeft.PromptEncoderConfig(num_virtual_tokens=args.num_virtual_tokens, encoder_hidden_size=64, **common)
+
+
+def classification_accuracy(prediction):
+    return {"accuracy": float((np.asarray(prediction.predictions).argmax(-1) == prediction.label_ids).mean())}
+
+
+def generation_accuracy(tokenizer):
+    """``compute_metrics`` for generated ids: the share of rows whose decoded text is the target's."""
+    def compute(prediction):
+        texts = [tokenizer.batch_decode(np.where(ids < 0, tokenizer.pad_token_id, ids), skip_special_tokens=True)
+                 for ids in (prediction.predictions, prediction.label_ids)]
+        return {"accuracy": float(np.mean([a.strip() == b.strip() for a, b in zip(*texts)]))}
+    return compute
+
+
+# ----- callbacks ----------------------------------------------------------------------------------------------
+class RunSettings(TrainerCallback, ExportableState):
+    """This command's settings, written into every checkpoint's trainer_state.json (``stateful_callbacks``)."""
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    def state(self):
+        return {"args": {"settings": self.settings}, "attributes": {}}
+
+
+class SaveEverySteps(TrainerCallback):
+    """Also checkpoint every ``steps`` optimizer steps within an epoch (each epoch's end is checkpointed anyway)."""
+
+    def __init__(self, steps):
+        self.steps = steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.steps and state.global_step % self.steps == 0 and not float(state.epoch).is_integer():
+            control.should_save = True
+
+
+# ----- resuming -----------------------------------------------------------------------------------------------
 def lock_output(output_dir):
-    """Hold an exclusive lock on the output folder for the life of this process (one run per folder)."""
+    """An exclusive lock on the output folder, held until the returned file is closed (one run per folder)."""
     handle = open(os.path.join(output_dir, LOCK_FILE), "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -268,168 +308,44 @@ def lock_output(output_dir):
     return handle
 
 
-def check_checkpoint_files(path):
-    """trainer_state.json of the checkpoint at ``path``, after checking that it is a JSON object of this format and
-    that every file it lists is there with its recorded size and checksum."""
-    state_path = os.path.join(path, STATE_FILE)
-    if not os.path.isfile(state_path):
-        raise CheckpointError(f"{STATE_FILE} is missing")
+def shown(settings, option):
+    if option in ("--model", "--data"):
+        kind = "fingerprint" if option == "--model" else "rows checksum"
+        return f"{settings.get(option[2:] + '_path')} ({kind} {settings.get(option)})"
+    return settings.get(option)
+
+
+def resume_point(output_dir, settings):
+    """The newest valid checkpoint in ``output_dir`` (``None``: start afresh); refuses one made with other
+    settings."""
     try:
-        state = read_json_object(state_path)
+        found = newest_checkpoint(output_dir)
     except ValueError as err:
-        raise CheckpointError(str(err)) from None
-    if state.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{STATE_FILE} has format {state.get('format')!r}, expected {STATE_FORMAT}")
-    required = {"global_step": int, "epochs_completed": int, "step_in_epoch": int, "steps_per_epoch": int,
-                "history": list, "epoch_losses": list, "args": dict, "files": dict}
-    for key, kind in required.items():
-        if not isinstance(state.get(key), kind):
-            raise CheckpointError(f"{STATE_FILE} lacks {key!r} (a {kind.__name__})")
-    expected_step = state["epochs_completed"] * state["steps_per_epoch"] + state["step_in_epoch"]
-    if state["global_step"] != expected_step or os.path.basename(path) != f"checkpoint-{state['global_step']}":
-        raise CheckpointError(f"{STATE_FILE} says step {state['global_step']} (epoch {state['epochs_completed']}, "
-                              f"step {state['step_in_epoch']} of {state['steps_per_epoch']}), which does not match "
-                              f"the folder name")
-    for name in (*ADAPTER_FILES, OPTIMIZER_FILE, RNG_FILE):
-        if name not in state["files"]:
-            raise CheckpointError(f"{STATE_FILE} does not list {name}")
-    verify_checksums(path, state["files"], STATE_FILE)
-    return state
-
-
-def load_checkpoint_state(path, state, optimizer, method):
-    """Load and check what the checkpoint at ``path`` holds for this run; returns (optimizer values, RNG state)."""
-    try:
-        config = read_json_object(os.path.join(path, "adapter_config.json"))
-        if config.get("peft_type") != PEFT_TYPES[method]:
-            raise CheckpointError(f"adapter_config.json holds a {config.get('peft_type')} adapter, not "
-                                  f"{PEFT_TYPES[method]}")
-        from safetensors.numpy import load_file
-        load_file(os.path.join(path, "adapter_model.safetensors"))
-        rng = read_json_object(os.path.join(path, RNG_FILE))
-        if not all(k in rng for k in ("python", "numpy", "mindspore")):
-            raise CheckpointError(f"{RNG_FILE} lacks a generator state")
-    except CheckpointError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any failure to read means a damaged file
-        raise CheckpointError(f"the adapter or the RNG state does not load: {err}") from None
-    try:
-        values = ms.load_checkpoint(os.path.join(path, OPTIMIZER_FILE))
-    except Exception as err:  # noqa: BLE001
-        raise CheckpointError(f"{OPTIMIZER_FILE} does not load: {err}") from None
-    expected = {param.name: tuple(param.shape) for _, param in optimizer.parameters_and_names()}
-    missing = sorted(set(expected) - set(values))
-    if missing:
-        raise CheckpointError(f"{OPTIMIZER_FILE} lacks {len(missing)} optimizer values, e.g. {missing[0]}")
-    for name, shape in expected.items():
-        if tuple(values[name].shape) != shape:
-            raise CheckpointError(f"{OPTIMIZER_FILE} holds {name} with shape {tuple(values[name].shape)}, the "
-                                  f"model has {shape}")
-    step = int(values["state_step"].asnumpy().reshape(-1)[0])
-    if step != state["global_step"]:
-        raise CheckpointError(f"the optimizer has taken {step} steps, but {STATE_FILE} says {state['global_step']}")
-    if method == "adalora" and (ADALORA_FILE not in state["files"] or "adalora_rank_pattern" not in state):
-        raise CheckpointError(f"the AdaLoRA rank allocator's state ({ADALORA_FILE}) is missing")
-    return values, rng
-
-
-def check_compatible(path, state, run_args):
-    """Refuse to resume with settings that differ from the checkpoint's; report what changes are kept."""
-    saved = state["args"]
-    differences = []
-    for option, key in FIXED_SETTINGS:
-        if saved.get(key) != run_args[key]:
-            old, new = saved.get(key), run_args[key]
-            if key == "model_fingerprint":
-                old, new = f"{saved.get('model')} (fingerprint {old})", f"{run_args['model']} (fingerprint {new})"
-            elif key == "data_fingerprint":
-                old, new = f"{saved.get('data')} (rows checksum {old})", f"{run_args['data']} (rows checksum {new})"
-            differences.append(f"  {option}: {old!r} in the checkpoint, {new!r} now")
-    if run_args["method"] == "adalora" and saved.get("epochs") != run_args["epochs"]:
-        differences.append(f"  --epochs: {saved.get('epochs')!r} in the checkpoint, {run_args['epochs']!r} now "
+        fail(str(err))
+    if found is None:
+        return None
+    path, state = found
+    saved = ((state.stateful_callbacks or {}).get(RunSettings.__name__) or {}).get("args", {}).get("settings")
+    if not isinstance(saved, dict):
+        fail(f"{path} holds no train.py settings (in {STATE_FILE}): it was written by something else; choose "
+             "another --output-dir")
+    differences = [f"  {option}: {shown(saved, option)!r} in the checkpoint, {shown(settings, option)!r} now"
+                   for option in FIXED_SETTINGS if saved.get(option) != settings[option]]
+    if settings["--method"] == "adalora" and saved.get("--epochs") != settings["--epochs"]:
+        differences.append(f"  --epochs: {saved.get('--epochs')!r} in the checkpoint, {settings['--epochs']!r} now "
                            "(AdaLoRA's rank budget schedule is fixed by the total number of steps)")
     if differences:
         fail(f"{path} was trained with other settings:\n" + "\n".join(differences) + "\nResuming would mix two "
              "different runs. Run with the checkpoint's settings to resume, or choose another --output-dir to "
              "start a new run.")
-    if saved.get("epochs") != run_args["epochs"]:
-        print(f"--epochs changed from {saved.get('epochs')} to {run_args['epochs']}: training continues to "
-              f"{run_args['epochs']} epochs and the learning-rate schedule is recomputed for the new total")
-    if saved.get("save_steps") != run_args["save_steps"]:
-        print(f"--save-steps changed from {saved.get('save_steps')} to {run_args['save_steps']}: dropout is reseeded "
-              "at the new checkpoint positions, so this run no longer repeats an uninterrupted one exactly")
-
-
-def save_checkpoint(output_dir, model, optimizer, state, adalora):
-    """Write checkpoint-<global_step> through a temporary folder renamed into place when complete."""
-    path = os.path.join(output_dir, f"checkpoint-{state['global_step']}")
-    if os.path.lexists(path):  # left by a run that went further from a checkpoint that is now damaged
-        discard(path)
-    with atomic_directory(path) as staging:
-        model.save_pretrained(staging)
-        ms.save_checkpoint(optimizer, os.path.join(staging, OPTIMIZER_FILE))
-        write_json(os.path.join(staging, RNG_FILE), rng_state())
-        state = dict(state)
-        if adalora:
-            np.savez(os.path.join(staging, ADALORA_FILE), **adalora_arrays(model))
-            pattern = model.peft_config["default"].rank_pattern
-            state["adalora_rank_pattern"] = {k: [bool(x) for x in v] for k, v in (pattern or {}).items()} or None
-        state["files"] = {name: file_info(os.path.join(staging, name)) for name in sorted(os.listdir(staging))
-                          if name != STATE_FILE and os.path.isfile(os.path.join(staging, name))}
-        write_json(os.path.join(staging, STATE_FILE), state)
-        delay = float(os.environ.get(CHECKPOINT_DELAY_ENV, "0") or 0)
-        if delay > 0:
-            time.sleep(delay)
+    if saved.get("--epochs") != settings["--epochs"]:
+        print(f"--epochs changed from {saved.get('--epochs')} to {settings['--epochs']}: training continues to "
+              f"{settings['--epochs']} epochs and the learning-rate schedule is recomputed for the new total")
+    if saved.get("--save-steps") != settings["--save-steps"]:
+        print(f"--save-steps changed from {saved.get('--save-steps')} to {settings['--save-steps']}: dropout is "
+              "reseeded at the new checkpoint positions, so this run no longer repeats an uninterrupted one exactly")
+    print(f"resuming from {path} (step {state.global_step})")
     return path
-
-
-def rotate_checkpoints(output_dir, limit, keep):
-    """Delete all but the newest ``limit`` checkpoints (never ``keep``)."""
-    if limit <= 0:
-        return
-    for _, path in list_checkpoints(output_dir)[limit:]:
-        if os.path.realpath(path) != os.path.realpath(keep):
-            discard(path)
-
-
-def write_outputs(output_dir, model, method, task, history):
-    """The final adapter and metrics.json, each replaced as a whole."""
-    adapter = os.path.join(output_dir, "adapter")
-    model.save_pretrained(adapter)
-    write_json(os.path.join(output_dir, "metrics.json"), {"method": method, "task": task.value, "history": history})
-    print(f"adapter saved to {adapter}")
-
-
-# ----- Ctrl-C -------------------------------------------------------------------------------------------------
-class StopRequest:
-    """SIGINT/SIGTERM handlers that ask the training loop to stop after the step in progress (and after a checkpoint
-    being written); a second signal stops at once.
-
-    SIGTERM counts as Ctrl-C: every MindSpore graph run installs a native SIGINT handler that turns Ctrl-C into
-    ``kill(getpid(), SIGTERM)`` (``DefaultIntHandler``), so during training Ctrl-C arrives as SIGTERM.
-    """
-
-    def __init__(self):
-        self.signal = None
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame):
-        if self.signal is not None:
-            raise KeyboardInterrupt
-        self.signal = signum
-        print("\nstopping after the current step (press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
 
 def resume_command(argv):
@@ -437,218 +353,100 @@ def resume_command(argv):
     return shlex.join([os.path.basename(sys.executable) or "python", script, *argv])
 
 
-# ----- main ---------------------------------------------------------------------------------------------------
+# ----- training -----------------------------------------------------------------------------------------------
+def epoch_history(log_history):
+    """Per-epoch metrics from the Trainer's log history: the epoch's training loss and its evaluation."""
+    losses = {entry["step"]: entry["loss"] for entry in log_history if "loss" in entry}
+    return [{"epoch": round(entry["epoch"]), "step": entry["step"], "train_loss": losses.get(entry["step"]),
+             **{k: v for k, v in entry.items() if k.startswith("eval_") and not k.endswith(("runtime", "second"))}}
+            for entry in log_history if "eval_loss" in entry]
+
+
+def train(args, run, argv, resume):
+    """Train with the Trainer (resuming from the checkpoint ``resume``), then write the adapter and metrics.json
+    (rank 0); returns the per-epoch metrics."""
+    main_process = init_distributed().is_main
+    per_device, drop_last = args.batch_size // args.nproc, len(run.train_rows) >= args.batch_size
+    # the Trainer's count: each worker takes every nproc-th row (wrapping around to even the shares)
+    total_steps = args.epochs * (math.ceil(len(run.train_rows) / args.nproc) // per_device if drop_last else 1)
+    set_seed(args.seed)
+    model = get_peft_model(AUTO_CLASSES[run.task].from_pretrained(args.model), peft_config(args, run.task,
+                                                                                            total_steps))
+    if main_process:
+        model.print_trainable_parameters()
+    seq2seq = run.task == TaskType.SEQ_2_SEQ_LM
+    options = dict(output_dir=args.output_dir, learning_rate=args.lr, num_train_epochs=args.epochs,
+                   per_device_train_batch_size=per_device, per_device_eval_batch_size=per_device,
+                   warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm, seed=args.seed,
+                   logging_strategy="epoch", eval_strategy="epoch", save_strategy="epoch",
+                   save_total_limit=args.save_total_limit, dataloader_drop_last=drop_last,
+                   disable_tqdm=args.no_progress)
+    if seq2seq:
+        options.update(predict_with_generate=True, generation_max_length=TARGET_MAX_LENGTH + 1)
+    metrics = {TaskType.SEQ_CLS: classification_accuracy,
+               TaskType.SEQ_2_SEQ_LM: generation_accuracy(run.tokenizer)}.get(run.task)
+    stop = StopOnSignalCallback()
+    callbacks = [RunSettings(run.settings), SaveEverySteps(args.save_steps)] + ([] if args.nproc > 1 else [stop])
+    trainer = (Seq2SeqTrainer if seq2seq else Trainer)(
+        model, (Seq2SeqTrainingArguments if seq2seq else TrainingArguments)(**options),
+        data_collator=default_data_collator, train_dataset=run.train_rows, eval_dataset=run.eval_rows,
+        processing_class=run.tokenizer, compute_metrics=metrics, callbacks=callbacks)
+    start = TrainerState.load_from_json(os.path.join(resume, STATE_FILE)).global_step if resume else 0
+    trainer.train(resume_from_checkpoint=resume)
+    if stop.stopped:
+        latest = list_checkpoints(args.output_dir)
+        where = (f"the last complete checkpoint is {latest[0][1]} (step {latest[0][0]})" if latest else
+                 "no checkpoint was written yet, so it starts over")
+        print(f"stopped at step {trainer.state.global_step} of {trainer.state.max_steps}; {where}. To resume, run "
+              f"the same command:\n  {resume_command(argv)}", file=sys.stderr, flush=True)
+        raise SystemExit(INTERRUPTED_EXIT_STATUS)
+    if main_process and start >= trainer.state.max_steps:
+        past = f" (the checkpoint is at step {start}, past them)" if start > trainer.state.max_steps else ""
+        print(f"all {trainer.state.max_steps} steps of --epochs {args.epochs} are done in {args.output_dir}{past}; "
+              "nothing to train")
+    history = epoch_history(trainer.state.log_history)
+    adapter = os.path.join(args.output_dir, "adapter")
+    trainer.save_model(adapter)
+    trainer.save_state()
+    if main_process:
+        write_json(os.path.join(args.output_dir, "metrics.json"),
+                   {"method": args.method, "task": run.task.value, "history": history})
+        print(f"adapter saved to {adapter}")
+    return history
+
+
+def launch_workers(args, argv, resume):
+    """Run this command again on ``--nproc`` workers under msrun; returns msrun's exit status."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [shutil.which("msrun"), f"--worker_num={args.nproc}", f"--local_worker_num={args.nproc}",
+               f"--master_port={port}", "--join=True", f"--log_dir={os.path.join(args.output_dir, 'msrun_logs')}",
+               os.path.abspath(__file__), *argv]
+    process = subprocess.Popen(command, env={**os.environ, RESUME_ENV: resume or ""})
+    try:
+        return process.wait()
+    except KeyboardInterrupt:  # Ctrl-C reaches msrun and the workers too
+        process.wait()
+        return INTERRUPTED_EXIT_STATUS
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parse_args(argv)
     check_arguments(args)
-    try:
-        whole = load_csv(args.data)
-        table = whole.head(args.max_rows)
-        model_folder = resolve_folder(args.model)
-        config = AutoConfig.from_pretrained(args.model)
-    except (OSError, ValueError) as err:
-        fail(str(err))
-    model_type = config.model_type
-    task = resolve_task(args, model_type, table)
-    check_data_and_model(args, table, config, task, limited=len(table) < len(whole))
-    tokenizer = Tokenizer.from_pretrained(args.model)
-    if task == TaskType.SEQ_CLS and model_type == "gpt2":
-        tokenizer.padding_side = "left"  # GPT-2 classifies at the last position
-    tokenize = tokenizing_map(task, tokenizer, args)
-
-    train_records, eval_records = train_test_split(table.rows, test_size=0.1, seed=args.seed)
-    drop_remainder = len(train_records) >= args.batch_size
-    steps_per_epoch = len(train_records) // args.batch_size if drop_remainder else 1
-    total_steps = args.epochs * steps_per_epoch
-    eval_ds = build_dataset(eval_records, tokenize, args.batch_size)
-    used_columns = list(tokenize.input_columns)
-    run_args = {"method": args.method, "task": {v: k for k, v in TASKS.items()}[task],
-                "model": os.path.abspath(args.model), "model_fingerprint": model_fingerprint(model_folder),
-                "data": os.path.abspath(args.data), "data_fingerprint": data_fingerprint(table, used_columns),
-                "max_rows": args.max_rows, "text_column": args.text_column,
-                "label_column": args.label_column if task == TaskType.SEQ_CLS else None,
-                "target_column": args.target_column if task == TaskType.SEQ_2_SEQ_LM else None,
-                "r": args.r if args.method in ("lora", "adalora") else None,
-                "num_virtual_tokens": args.num_virtual_tokens if args.method in PROMPT_METHODS else None,
-                "lr": args.lr, "batch_size": args.batch_size, "max_length": args.max_length,
-                "warmup_ratio": args.warmup_ratio, "seed": args.seed, "epochs": args.epochs,
-                "save_steps": args.save_steps}
-
+    worker = launched_by_msrun()
+    if worker:
+        init_distributed()  # in msrun's scheduler process this serves the workers, then ends the process
+    run = prepare(args)
+    if worker:
+        return train(args, run, argv, os.environ.get(RESUME_ENV) or None)
     os.makedirs(args.output_dir, exist_ok=True)
-    lock = lock_output(args.output_dir)
-    try:
-        return _train(args, argv, task, tokenize, train_records, eval_ds, drop_remainder, steps_per_epoch,
-                      total_steps, run_args)
-    finally:
-        lock.close()
-
-
-def _train(args, argv, task, tokenize, train_records, eval_ds, drop_remainder, steps_per_epoch, total_steps,
-           run_args):
-    out = args.output_dir
-    remove_stale(out)
-    for old in ("checkpoint", OPTIMIZER_FILE, STATE_FILE):
-        if os.path.exists(os.path.join(out, old)):
-            print(f"ignoring {os.path.join(out, old)}: left by an older train.py (checkpoints are now "
-                  "checkpoint-<step> folders)")
-
-    damaged, candidates = [], []
-    for _, path in list_checkpoints(out):
-        try:
-            saved = check_checkpoint_files(path)
-        except CheckpointError as err:
-            print(f"checkpoint {path} is damaged: {err}; falling back to the previous checkpoint")
-            damaged.append(path)
-            continue
-        candidates.append((path, saved))
-    if damaged and not candidates:
-        fail(f"every checkpoint in {out} is damaged (see above); move them away to start over")
-    if candidates:  # refuse other settings before loading anything
-        check_compatible(*candidates[0], run_args)
-
-    random.seed(args.seed)
-    ms.set_seed(args.seed)
-    adalora = args.method == "adalora"
-    model = get_peft_model(load_base(task, args.model), peft_config(args.method, task, args, total_steps))
-    model.print_trainable_parameters()
-    optimizer = optim.AdamW(model.trainable_params(), lr=args.lr, weight_decay=0.0)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
-
-    state = {"format": STATE_FORMAT, "global_step": 0, "epochs_completed": 0, "step_in_epoch": 0,
-             "steps_per_epoch": steps_per_epoch, "history": [], "epoch_losses": []}
-    resume_path = None
-    for index, (path, saved) in enumerate(candidates):
-        if index:
-            check_compatible(path, saved, run_args)
-        try:
-            if saved["steps_per_epoch"] != steps_per_epoch:  # the same settings give the same steps per epoch
-                raise CheckpointError(f"it has {saved['steps_per_epoch']} steps per epoch, this run has "
-                                      f"{steps_per_epoch}")
-            values, rng = load_checkpoint_state(path, saved, optimizer, args.method)
-        except CheckpointError as err:
-            print(f"checkpoint {path} is damaged: {err}; falling back to the previous checkpoint")
-            damaged.append(path)
-            continue
-        not_loaded, _ = ms.load_param_into_net(optimizer, values, strict_load=True)
-        if not_loaded:
-            raise RuntimeError(f"{path}: {OPTIMIZER_FILE} left {not_loaded} unloaded")
-        set_rng_state(rng)
-        for _ in range(saved["global_step"]):  # the schedule's position: one step per optimizer step
-            scheduler.step()
-        if adalora:
-            restore_adalora(model, os.path.join(path, ADALORA_FILE), saved["adalora_rank_pattern"])
-        state = {key: saved[key] for key in state}
-        resume_path = path
-        break
-    if damaged and resume_path is None:
-        fail(f"every checkpoint in {out} is damaged (see above); move them away to start over")
-    for path in damaged:
-        print(f"moved the damaged checkpoint to {quarantine(path)}")
-    if resume_path is not None:
-        print(f"resuming from {resume_path}: after epoch {state['epochs_completed'] - 1} "
-              f"(step {state['global_step']})" if state["step_in_epoch"] == 0 else
-              f"resuming from {resume_path}: epoch {state['epochs_completed']}, step {state['step_in_epoch']} of "
-              f"{steps_per_epoch} (step {state['global_step']})")
-
-    if state["global_step"] >= total_steps:
-        past = (f" (it is at step {state['global_step']}, past the {total_steps} steps of --epochs {args.epochs})"
-                if state["global_step"] > total_steps else "")
-        print(f"all {args.epochs} epochs are done in {out}{past}; nothing to train")
-        rotate_checkpoints(out, args.save_total_limit, resume_path)
-        write_outputs(out, model, args.method, task, state["history"])
-        return state["history"]
-
-    with StopRequest() as stop:
-        state = _loop(args, model, optimizer, scheduler, task, tokenize, train_records, eval_ds, drop_remainder,
-                      steps_per_epoch, total_steps, run_args, state, stop, resume_path)
-        finished = state["global_step"] >= total_steps  # _loop returns early only when asked to stop
-        if finished:
-            write_outputs(out, model, args.method, task, state["history"])
-    if not finished:
-        latest = list_checkpoints(out)
-        where = (f"the last complete checkpoint is {latest[0][1]} (step {latest[0][0]})" if latest else
-                 "no checkpoint was written yet, so it starts over")
-        print(f"stopped at step {state['global_step']} of {total_steps}; {where}. To resume, run the same command:\n"
-              f"  {resume_command(argv)}", file=sys.stderr, flush=True)
-        raise SystemExit(INTERRUPTED_EXIT_STATUS)
-    return state["history"]
-
-
-def new_steps(model, optimizer, seed, global_step, adalora, forward):
-    """Reseed dropout for ``global_step`` and compile a fresh train step (and, for AdaLoRA, eval step). They are
-    rebuilt at the same positions in every run, so a resumed run's graphs match an uninterrupted run's."""
-    reseed_dropout(model, seed, global_step)
-    model.set_train(True)
-    if forward is None or adalora:
-        forward = ForwardStep(model)
-    return TrainStep(model, optimizer, return_grads=adalora), forward
-
-
-def _loop(args, model, optimizer, scheduler, task, tokenize, train_records, eval_ds, drop_remainder, steps_per_epoch,
-          total_steps, run_args, state, stop, last_checkpoint):
-    adalora = args.method == "adalora"
-    progress = not args.no_progress
-    global_step, forward = state["global_step"], None
-    history, epoch_losses = list(state["history"]), list(state["epoch_losses"])
-    while global_step < total_steps:
-        epoch, skip = divmod(global_step, steps_per_epoch)
-        order = epoch_order(len(train_records), args.seed, epoch)
-        dataset = build_dataset([train_records[i] for i in order], tokenize, args.batch_size,
-                                drop_remainder=drop_remainder)
-        if skip:
-            dataset = dataset.skip(skip)
-        step, forward = new_steps(model, optimizer, args.seed, global_step, adalora, forward)
-        bar = tqdm(dataset.create_dict_iterator(num_epochs=1), total=steps_per_epoch, initial=skip,
-                   desc=f"epoch {epoch}", disable=not progress, leave=False)
-        for batch in bar:
-            output = step(**batch)
-            scheduler.step()
-            loss = float(output[0] if adalora else output)
-            if adalora:
-                model.base_model.update_and_allocate(global_step, output[1])
-            global_step += 1
-            epoch_losses.append(loss)
-            bar.set_postfix(loss=f"{loss:.4f}")
-            epoch_done = global_step % steps_per_epoch == 0
-            save = epoch_done or (args.save_steps and global_step % args.save_steps == 0)
-            if epoch_done:
-                evaluation = evaluate(model, eval_ds, progress=progress, forward=forward)
-                metrics = {"epoch": epoch, "train_loss": float(np.mean(epoch_losses)),
-                           **{f"eval_{k}": v for k, v in evaluation.items()}}
-                if task == TaskType.SEQ_CLS:
-                    metrics["eval_accuracy"] = classification_accuracy(model, eval_ds, progress=progress,
-                                                                       forward=forward)
-                model.set_train(True)
-                print(json.dumps(metrics))
-                history.append(metrics)
-                epoch_losses = []
-            if save:
-                state = {"format": STATE_FORMAT, "global_step": global_step,
-                         "epochs_completed": global_step // steps_per_epoch,
-                         "step_in_epoch": global_step % steps_per_epoch, "steps_per_epoch": steps_per_epoch,
-                         "history": history, "epoch_losses": epoch_losses, "args": run_args,
-                         "dataset": {"epoch": global_step // steps_per_epoch,
-                                     "rows_done": (global_step % steps_per_epoch) * args.batch_size,
-                                     "order": "numpy.random.default_rng([seed, epoch]).permutation"},
-                         "lr_schedule": {"step": global_step, "peak": args.lr, "total_steps": total_steps,
-                                         "warmup_steps": int(args.warmup_ratio * total_steps),
-                                         "note": f"the step is the optimizer's state_step in {OPTIMIZER_FILE}"},
-                         "dropout_seeded_at_step": global_step}
-                last_checkpoint = save_checkpoint(args.output_dir, model, optimizer, state, adalora)
-                rotate_checkpoints(args.output_dir, args.save_total_limit, last_checkpoint)
-            if stop.signal is not None:
-                bar.close()
-                return {"global_step": global_step, "history": history}
-            if save and not epoch_done:  # a mid-epoch checkpoint: reseed, as a run resuming from it will
-                step, forward = new_steps(model, optimizer, args.seed, global_step, adalora, forward)
-            if epoch_done:
-                break
-        bar.close()
-        if global_step % steps_per_epoch:
-            raise RuntimeError(f"epoch {epoch} ended after step {global_step}, expected {steps_per_epoch} steps per "
-                               "epoch")
-    return {"global_step": global_step, "history": history}
+    with lock_output(args.output_dir):
+        resume = resume_point(args.output_dir, run.settings)
+        if args.nproc > 1:
+            raise SystemExit(launch_workers(args, argv, resume))
+        return train(args, run, argv, resume)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""scripts/train.py checkpoints: killed (SIGKILL, Ctrl-C) and resumed runs end bit for bit like an uninterrupted one,
-only complete checkpoints are ever visible, damaged ones are skipped, other settings refused, bad data refused
-before training."""
+"""scripts/train.py on mindpeft.Trainer: runs killed (SIGKILL, also inside a checkpoint write) or stopped (Ctrl-C)
+resume and end bit for bit like an uninterrupted run, only complete checkpoints are ever visible, damaged ones are
+skipped, other settings refused, bad data refused before training, one run per output folder."""
 import contextlib
 import fcntl
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -16,19 +17,25 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from mindpeft.training.checkpoint import CHECKPOINT_RE, CheckpointError, folder_checksums
 from mindpeft.training.data import load_csv
+from mindpeft.training.trainer import check_checkpoint
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 TRAIN = os.path.join(ROOT, "scripts", "train.py")
 DATA = os.path.join(ROOT, "tutorials", "data", "movie_reviews.csv")
-MODEL = os.path.join(ROOT, "tutorials", "data", "tiny-gpt2-reviews")  # n_positions 64, num_labels 2
+MODEL = os.path.join(ROOT, "tutorials", "data", "tiny-gpt2-reviews")  # n_positions 64, num_labels 2, dropout 0.1
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import train  # noqa: E402
 
-STEPS = 8
-
 # 40 rows: 36 train / 4 eval, 4 steps of 8 per epoch, 8 steps in 2 epochs; checkpoints at steps 4, 6 (mid-epoch)
 # and 8, of which --save-total-limit 2 keeps 6 and 8.
+STEPS = 8
+# train.py in a subprocess whose checkpoint writes take 2 s more (the tokenizer is the last file written).
+SLOW_CHECKPOINTS = ("import sys, time; sys.path.insert(0, {scripts!r}); import train; "
+                    "from mindpeft.training.trainer import Trainer; write = Trainer._write_model; "
+                    "Trainer._write_model = lambda self, folder: (write(self, folder), time.sleep(2)); "
+                    "train.main(sys.argv[1:])").format(scripts=os.path.join(ROOT, "scripts"))
 
 
 def _args(out, epochs=2, *extra):
@@ -64,7 +71,7 @@ def _assert_same_adapter(a, b):
 
 
 def _checkpoints(out):
-    return sorted(int(name.split("-")[1]) for name in os.listdir(out) if train.CHECKPOINT_RE.match(name))
+    return sorted(int(name.split("-")[1]) for name in os.listdir(out) if CHECKPOINT_RE.match(name))
 
 
 def _assert_visible_checkpoints_complete(out):
@@ -74,23 +81,28 @@ def _assert_visible_checkpoints_complete(out):
     for step in _checkpoints(out):
         path = os.path.join(out, f"checkpoint-{step}")
         try:
-            state = train.check_checkpoint_files(path)
-        except (train.CheckpointError, FileNotFoundError):
+            state = check_checkpoint(path)
+        except (CheckpointError, FileNotFoundError):
             if os.path.isdir(path):
                 raise
             continue
-        assert state["global_step"] == step
+        assert state.global_step == step
+
+
+def _env():
+    return {**os.environ, "GLOG_v": "3", "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
 
 
 class Run:
     """train.py in a subprocess, its output in a file."""
 
-    def __init__(self, tmp_path, out, name, env=None):
+    def __init__(self, tmp_path, out, name, slow_checkpoints=False):
         self.log = tmp_path / f"{name}.log"
         self.out = str(out)
+        command = ["-c", SLOW_CHECKPOINTS] if slow_checkpoints else [TRAIN]
         with open(self.log, "w") as log:
-            self.proc = subprocess.Popen([sys.executable, TRAIN, *_args(out)], stdout=log, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "GLOG_v": "3", **(env or {})})
+            self.proc = subprocess.Popen([sys.executable, *command, *_args(out)], stdout=log,
+                                         stderr=subprocess.STDOUT, env=_env())
 
     def output(self):
         return self.log.read_text()
@@ -109,11 +121,12 @@ class Run:
         raise AssertionError(f"timed out:\n{self.output()[-3000:]}")
 
     def finish(self, timeout=300):
-        while self.proc.poll() is None:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
             _assert_visible_checkpoints_complete(self.out)
             time.sleep(0.01)
-        self.proc.wait(timeout)
-        return self.proc.returncode
+        self.proc.kill()
+        return self.proc.wait()
 
     def kill(self, sig=signal.SIGKILL):
         self.proc.send_signal(sig)
@@ -127,69 +140,67 @@ def _temporaries(out, step):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted run (in-process) into a folder holding an old-layout checkpoint and a dead run's temporary
-    folder, which it ignores: (output folder, adapter tensors, metrics)."""
+    """An uninterrupted run (in-process) into a folder holding a dead run's temporary checkpoint folder, which it
+    removes: (output folder, adapter tensors, metrics.json)."""
     out = tmp_path_factory.mktemp("reference") / "out"
-    (out / "checkpoint").mkdir(parents=True)
-    (out / "checkpoint" / "trainer_state.json").write_text('{"method": "lora", "epoch": 7, "global_step": 99}')
-    (out / "optimizer.ckpt").write_bytes(b"junk")
     stale = out / ".checkpoint-8.mindpeft-999999999-new-0123abcd"
-    stale.mkdir()
+    stale.mkdir(parents=True)
     (stale / "trainer_state.json").write_text("{}")
     capture = io.StringIO()
     with contextlib.redirect_stdout(capture):
         history = train.main(_args(out))
-    log = capture.getvalue()
-    assert "ignoring" in log and "older train.py" in log and "resuming" not in log
-    assert [m["epoch"] for m in history] == [0, 1] and not stale.exists()
+    assert "resuming" not in capture.getvalue() and not stale.exists()
+    assert [(m["epoch"], m["step"]) for m in history] == [(1, 4), (2, 8)]
+    assert all(set(m) == {"epoch", "step", "train_loss", "eval_loss", "eval_accuracy"} for m in history)
     assert _checkpoints(out) == [6, 8]
     _assert_visible_checkpoints_complete(out)
     state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
-    assert state["global_step"] == STEPS and state["epochs_completed"] == 2 and state["history"] == history
-    assert state["args"]["r"] == 8 and state["args"]["epochs"] == 2
+    assert state["global_step"] == STEPS and state["max_steps"] == STEPS and state["epoch"] == 2.0
+    evals = [e for e in state["log_history"] if "eval_loss" in e]
+    assert [(e["step"], e["eval_loss"], e["eval_accuracy"]) for e in evals] == \
+        [(m["step"], m["eval_loss"], m["eval_accuracy"]) for m in history]
+    settings = state["stateful_callbacks"]["RunSettings"]["args"]["settings"]
+    assert (settings["--r"], settings["--epochs"], settings["--method"], settings["--task"]) == (8, 2, "lora",
+                                                                                                 "seq_cls")
     mid = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
-    assert (mid["epochs_completed"], mid["step_in_epoch"], len(mid["epoch_losses"])) == (1, 2, 2)
+    assert (mid["global_step"], mid["epoch"], mid["loss_sums"]["steps_since_log"]) == (6, 1.5, 2)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["history"] == history
+    assert metrics == {"method": "lora", "task": "SEQ_CLS", "history": history}
+    final = json.loads((out / "trainer_state.json").read_text())
+    assert final["log_history"][:-1] == state["log_history"] and "train_runtime" in final["log_history"][-1]
     return out, _adapter(out), metrics
 
 
-def test_sigkill_after_a_checkpoint_resumes_exactly(reference, tmp_path):
-    out = tmp_path / "out"
-    run = Run(tmp_path, out, "killed")
-    run.wait_until(lambda: os.path.isdir(out / "checkpoint-4"))
-    run.kill()
-    assert _checkpoints(out) in ([4], [4, 6], [6, 8])
-    _assert_visible_checkpoints_complete(out)
-    resumed = Run(tmp_path, out, "resumed")
-    assert resumed.finish() == 0, resumed.output()[-3000:]
-    assert "resuming from" in resumed.output()
-    _assert_same_adapter(_adapter(out), reference[1])
-    assert json.loads((out / "metrics.json").read_text()) == reference[2]
-
-
-def test_sigkill_in_a_checkpoint_write_then_ctrl_c_mid_epoch(reference, tmp_path):
+def test_killed_and_interrupted_runs_resume_exactly(reference, tmp_path):
     out = tmp_path / "out"
     # Killed while checkpoint-4 is still a temporary folder: nothing counts as a checkpoint.
-    run = Run(tmp_path, out, "killed", env={train.CHECKPOINT_DELAY_ENV: "2"})
+    run = Run(tmp_path, out, "killed-in-write", slow_checkpoints=True)
     run.wait_until(lambda: _temporaries(out, 4))
     run.kill()
     assert _checkpoints(out) == [] and _temporaries(out, 4)
 
-    # The next run starts over (ignoring and removing the temporary folder); Ctrl-C after the mid-epoch checkpoint.
+    # The next run starts over (removing the temporary folder); Ctrl-C after checkpoint-4 stops it after the step
+    # in progress, with exit status 130 and the command to resume.
     run = Run(tmp_path, out, "interrupted")
-    run.wait_until(lambda: os.path.isdir(out / "checkpoint-6"))
+    run.wait_until(lambda: os.path.isdir(out / "checkpoint-4"))
     assert run.kill(signal.SIGINT) == 130
     log = run.output()
-    assert "resuming" not in log and not _temporaries(out, 4)
-    assert "the last complete checkpoint is" in log and "To resume, run the same command:" in log
+    assert "resuming" not in log and not _temporaries(out, 4) and _checkpoints(out) == [4]
+    assert f"the last complete checkpoint is {out / 'checkpoint-4'} (step 4)" in log
     assert f"--output-dir {out}" in log.split("To resume, run the same command:")[1]
-    assert _checkpoints(out) == [4, 6] and not any(name.startswith(".") and "mindpeft" in name
-                                                    for name in os.listdir(out))
+    assert not any(name.startswith(".") and "mindpeft" in name for name in os.listdir(out))
+
+    # Resumed, then killed (SIGKILL) after the mid-epoch checkpoint-6.
+    run = Run(tmp_path, out, "killed")
+    run.wait_until(lambda: os.path.isdir(out / "checkpoint-6"))
+    run.kill()
+    assert f"resuming from {out / 'checkpoint-4'} (step 4)" in run.output()
+    assert _checkpoints(out) in ([4, 6], [6, 8])
+    _assert_visible_checkpoints_complete(out)
 
     resumed = Run(tmp_path, out, "resumed")
     assert resumed.finish() == 0, resumed.output()[-3000:]
-    assert f"resuming from {out / 'checkpoint-6'}: epoch 1, step 2 of 4 (step 6)" in resumed.output()
+    assert "resuming from" in resumed.output()
     _assert_same_adapter(_adapter(out), reference[1])
     assert json.loads((out / "metrics.json").read_text()) == reference[2]
     assert _checkpoints(out) == [6, 8]
@@ -200,24 +211,23 @@ def _truncate(path):
         f.truncate(os.path.getsize(path) // 2)
 
 
-def test_damaged_checkpoints_fall_back(reference, tmp_path, capsys):
+def test_damaged_checkpoints_fall_back(reference, tmp_path, capsys, caplog):
     out = tmp_path / "out"
     shutil.copytree(reference[0], out)
     _truncate(out / "checkpoint-8" / "optimizer.ckpt")
-    assert train.main(_args(out)) == reference[2]["history"]
-    log = capsys.readouterr().out
-    assert f"checkpoint {out / 'checkpoint-8'} is damaged: optimizer.ckpt is " in log
-    assert "falling back to the previous checkpoint" in log
-    assert f"resuming from {out / 'checkpoint-6'}: epoch 1, step 2 of 4 (step 6)" in log
-    assert (out / "damaged-checkpoint-8").is_dir() and _checkpoints(out) == [6, 8]
+    with caplog.at_level(logging.WARNING):
+        assert train.main(_args(out)) == reference[2]["history"]
+    assert f"Checkpoint {out / 'checkpoint-8'} is damaged (optimizer.ckpt is " in caplog.text
+    assert f"resuming from {out / 'checkpoint-6'} (step 6)" in capsys.readouterr().out
+    assert _checkpoints(out) == [6, 8]  # checkpoint-8 written again
+    _assert_visible_checkpoints_complete(out)
     _assert_same_adapter(_adapter(out), reference[1])
 
     _truncate(out / "checkpoint-8" / "adapter_model.safetensors")
     (out / "checkpoint-6" / "trainer_state.json").write_text("[1, 2]")
-    with pytest.raises(SystemExit, match="every checkpoint in .* is damaged"):
+    with pytest.raises(SystemExit, match=r"every checkpoint is damaged \(checkpoint-8: adapter_model.safetensors is "
+                                         r"\d+ bytes, .*; checkpoint-6: trainer_state.json is 6 bytes"):
         train.main(_args(out))
-    log = capsys.readouterr().out
-    assert "adapter_model.safetensors is " in log and "must hold a JSON object, found list" in log
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -227,13 +237,13 @@ def test_damaged_checkpoints_fall_back(reference, tmp_path, capsys):
     (["--batch-size", "4"], r"--batch-size: 8 in the checkpoint, 4 now"),
     (["--method", "ia3"], r"--method: 'lora' in the checkpoint, 'ia3' now"),
     (["--max-rows", "30"], r"--max-rows: 40 in the checkpoint, 30 now"),
+    (["--max-grad-norm", "0.5"], r"--max-grad-norm: 1.0 in the checkpoint, 0.5 now"),
 ])
 def test_resume_with_other_settings_is_refused(reference, tmp_path, extra, message):
     out = tmp_path / "out"
     shutil.copytree(reference[0], out)
-    args = _with(_args(out, 3), extra)
     with pytest.raises(SystemExit, match=message + r"[\s\S]*Run with the checkpoint's settings"):
-        train.main(args)
+        train.main(_with(_args(out, 3), extra))
     assert _checkpoints(out) == [6, 8]
 
 
@@ -243,16 +253,37 @@ def test_resume_with_other_data_is_refused_the_same_rows_elsewhere_resume(refere
     shutil.rmtree(out / "adapter")
     rows = _data_lines()
     other = _csv(tmp_path, "".join([rows[0], rows[2], rows[1], *rows[3:]]), "other.csv")  # two rows swapped
-    args = _args(out)
-    args[args.index("--data") + 1] = other
+    args = _with(_args(out), ["--data", other])
     with pytest.raises(SystemExit, match=r"--data: '.*movie_reviews.csv \(rows checksum \w+\)' in the checkpoint, "
                                          r"'.*other.csv \(rows checksum \w+\)' now"):
         train.main(args)
-    args[args.index("--data") + 1] = _csv(tmp_path, "".join(rows), "same.csv")
+    args = _with(args, ["--data", _csv(tmp_path, "".join(rows), "same.csv")])
     assert train.main(args) == reference[2]["history"]
     log = capsys.readouterr().out
-    assert f"resuming from {out / 'checkpoint-8'}: after epoch 1 (step 8)" in log and "nothing to train" in log
+    assert f"resuming from {out / 'checkpoint-8'} (step 8)" in log and "nothing to train" in log
     _assert_same_adapter(_adapter(out), reference[1])  # the final adapter, rewritten from the checkpoint
+
+
+def test_more_epochs_continue_the_run(reference, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(reference[0], out)
+    history = train.main(_args(out, 3))
+    log = capsys.readouterr().out
+    assert "--epochs changed from 2 to 3" in log and f"resuming from {out / 'checkpoint-8'} (step 8)" in log
+    assert history[:2] == reference[2]["history"] and [m["step"] for m in history] == [4, 8, 12]
+    assert _checkpoints(out) == [8, 12]
+
+
+def test_a_checkpoint_without_train_settings_is_refused(reference, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference[0], out)
+    checkpoint = out / "checkpoint-8"
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    state["stateful_callbacks"] = {}
+    (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+    (checkpoint / "checksums.json").write_text(json.dumps(folder_checksums(checkpoint, skip=("checksums.json",))))
+    with pytest.raises(SystemExit, match=r"checkpoint-8 holds no train.py settings"):
+        train.main(_args(out))
 
 
 def _csv(tmp_path, text, name="data.csv"):
@@ -292,6 +323,8 @@ GOOD = "".join(_data_lines()[:21])
     (GOOD, ["--task", "seq2seq"], r"is a 'gpt2' model, which cannot do task seq2seq"),
     (GOOD, ["--epochs", "0"], r"--epochs must be at least 1, got 0"),
     (GOOD, ["--lr", "0"], r"--lr must be positive"),
+    (GOOD, ["--max-grad-norm", "-1"], r"--max-grad-norm must be 0 or more, got -1.0"),
+    (GOOD, ["--batch-size", "7", "--nproc", "2"], r"--batch-size 7 does not split evenly over --nproc 2 workers"),
 ])
 def test_bad_data_is_refused_before_training(tmp_path, content, extra, message):
     out = tmp_path / "out"
@@ -302,8 +335,7 @@ def test_bad_data_is_refused_before_training(tmp_path, content, extra, message):
 
 
 def test_missing_data_file_and_output_dir_that_is_a_file(tmp_path):
-    args = _args(tmp_path / "out", 1)
-    args[args.index("--data") + 1] = str(tmp_path / "missing.csv")
+    args = _with(_args(tmp_path / "out", 1), ["--data", str(tmp_path / "missing.csv")])
     with pytest.raises(SystemExit, match=r"missing.csv: no such file"):
         train.main(args)
     (tmp_path / "taken").write_text("a file")
@@ -327,11 +359,8 @@ def test_bom_header_is_accepted_and_causal_lm_needs_no_labels(tmp_path):
     table = load_csv(path)
     assert table.columns == ["sentence", "label"] and len(table) == 20 and table.lines[:2] == [2, 3]
     out = tmp_path / "out"
-    args = _args(out, 1, "--task", "causal_lm")
-    args[args.index("--data") + 1] = path
-    args[args.index("--max-rows") + 1] = "20"
-    history = train.main(args)
-    assert len(history) == 1 and "eval_accuracy" not in history[0]
+    history = train.main(_with(_args(out, 1, "--task", "causal_lm"), ["--data", path, "--max-rows", "20"]))
+    assert len(history) == 1 and "eval_accuracy" not in history[0] and history[0]["eval_loss"] > 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "CAUSAL_LM"
 
@@ -342,5 +371,5 @@ def test_help_shows_defaults(capsys):
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     for expected in ("checkpoints kept (0: all) (default: 2)", "(default: 3)", "(default: 0.005)",
-                     "{causal_lm,seq2seq,seq_cls}"):
+                     "{causal_lm,seq2seq,seq_cls}", "worker processes (started with msrun) (default: 1)"):
         assert expected in text

@@ -1,10 +1,12 @@
 """The ``Trainer``'s state and events, with transformers' names: ``TrainerState`` (saved as
 ``trainer_state.json``), ``TrainerControl``, ``TrainerCallback`` and the built-in callbacks (the default
-log/evaluate/save flow, tqdm progress, TensorBoard, early stopping)."""
+log/evaluate/save flow, tqdm progress, TensorBoard, early stopping, stopping on SIGINT/SIGTERM)."""
 import dataclasses
 import functools
 import json
 import math
+import signal
+import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -64,6 +66,23 @@ class TrainerControl:
 
     def _new_epoch(self):
         self.should_epoch_stop = False
+
+
+class ExportableState:
+    """A callback whose ``state()`` (``{"args": {...}, "attributes": {...}}``) the ``Trainer`` writes into every
+    checkpoint's ``trainer_state.json`` under ``stateful_callbacks[<class name>]`` (a list for several instances)."""
+
+    def state(self):
+        raise NotImplementedError("You must implement a `state` function to utilize this class.")
+
+
+def exportable_states(callbacks):
+    """``stateful_callbacks`` of ``trainer_state.json``: the states of the :class:`ExportableState` callbacks."""
+    grouped = {}
+    for callback in callbacks:
+        if isinstance(callback, ExportableState):
+            grouped.setdefault(type(callback).__name__, []).append(callback.state())
+    return {name: states[0] if len(states) == 1 else states for name, states in grouped.items()}
 
 
 class TrainerCallback:
@@ -298,3 +317,46 @@ class EarlyStoppingCallback(TrainerCallback):
         self.patience = 0 if better else self.patience + 1
         if self.patience >= self.early_stopping_patience:
             control.should_training_stop = True
+
+
+class StopOnSignalCallback(TrainerCallback):
+    """Stops training after the step in progress when the process gets SIGINT or SIGTERM (a second signal stops at
+    once with ``KeyboardInterrupt``); ``stopped`` then says that ``train()`` returned early.
+
+    The stop neither evaluates nor saves: the checkpoints written so far stay the resume points, and a resumed run
+    repeats an uninterrupted one exactly (dropout is reseeded at checkpoint positions only). Both signals count as
+    Ctrl-C: during graph runs MindSpore turns Ctrl-C into ``SIGTERM``. Handlers are installed in the main thread
+    only, from ``on_train_begin`` to ``on_train_end``.
+    """
+
+    def __init__(self):
+        self.signal = None
+        self.stopped = False
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        print("\nstopping after the current step (press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.signal, self.stopped = None, False
+        for number in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[number] = signal.signal(number, self._handle)
+            except ValueError:  # not the main thread
+                pass
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.signal is not None and state.global_step < state.max_steps:
+            control.should_training_stop = self.stopped = True
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.stopped:  # the epoch was cut short: no evaluation or checkpoint at a position the schedule lacks
+            control.should_log = control.should_evaluate = control.should_save = False
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}

@@ -1,5 +1,5 @@
-"""Checkpoint folders shared by ``Trainer`` and ``scripts/train.py``: ``checkpoint-<step>`` discovery, checksums,
-random-number states, AdaLoRA's allocator state, and removal that never leaves a half-deleted folder in view."""
+"""The ``Trainer``'s checkpoint folders: ``checkpoint-<step>`` discovery, checksums, random-number states, AdaLoRA's
+allocator state, and removal that never leaves a half-deleted folder in view."""
 import hashlib
 import os
 import random
@@ -122,14 +122,3 @@ def remove_stale(output_dir):
             if pid.isdigit() and not pid_alive(int(pid)):
                 remove_path(os.path.join(output_dir, entry))
 
-
-def quarantine(path):
-    """Rename a damaged checkpoint out of the ``checkpoint-<step>`` namespace, keeping it for inspection."""
-    parent, name = os.path.split(path)
-    target = os.path.join(parent, f"damaged-{name}")
-    suffix = 1
-    while os.path.lexists(target):
-        suffix += 1
-        target = os.path.join(parent, f"damaged-{name}-{suffix}")
-    os.rename(path, target)
-    return target

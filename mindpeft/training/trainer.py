@@ -33,7 +33,7 @@ from ..models.modeling_utils import write_parameter
 from ..utils.io import atomic_directory, read_json_object, write_json
 from ..utils.seeding import reseed_dropout, set_seed
 from .callbacks import (CallbackHandler, DefaultFlowCallback, PrinterCallback, ProgressCallback, TensorBoardCallback,
-                        TrainerControl, TrainerState)
+                        TrainerControl, TrainerState, exportable_states)
 from .checkpoint import (CHECKPOINT_PREFIX, CheckpointError, adalora_arrays, discard, folder_checksums,
                          list_checkpoints, remove_stale, restore_adalora, rng_state, set_rng_state, verify_checksums)
 from .data_collator import DataCollatorWithPadding, default_data_collator
@@ -62,6 +62,44 @@ EvalLoopOutput = collections.namedtuple("EvalLoopOutput", ["predictions", "label
 
 def rng_file(rank):
     return "rng_state.json" if rank == 0 else f"rng_state_{rank}.json"
+
+
+def check_checkpoint(path):
+    """The :class:`TrainerState` of the checkpoint folder ``path``, after checking that it holds every file a resume
+    needs and that each file matches ``checksums.json``; raises :class:`CheckpointError` otherwise."""
+    for name in (STATE_FILE, CHECKSUM_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, rng_file(0)):
+        if not os.path.isfile(os.path.join(path, name)):
+            raise CheckpointError(f"{name} is missing" + (" (saved with save_only_model=True?)"
+                                                          if name == OPTIMIZER_FILE else ""))
+    try:
+        recorded = read_json_object(os.path.join(path, CHECKSUM_FILE))
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+    verify_checksums(path, recorded, CHECKSUM_FILE)
+    for name in (STATE_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, rng_file(0)):
+        if name not in recorded:
+            raise CheckpointError(f"{CHECKSUM_FILE} does not list {name}")
+    state = TrainerState.load_from_json(os.path.join(path, STATE_FILE))
+    if os.path.basename(os.path.normpath(path)) != f"{CHECKPOINT_PREFIX}-{state.global_step}":
+        raise CheckpointError(f"{STATE_FILE} says step {state.global_step}, which does not match the folder name")
+    return state
+
+
+def newest_checkpoint(output_dir):
+    """``(path, TrainerState)`` of the newest checkpoint in ``output_dir`` that passes :func:`check_checkpoint`;
+    a damaged newer one is skipped with a warning (a resumed run overwrites it when it gets there). ``None`` when
+    ``output_dir`` holds no checkpoint; ``ValueError`` when every one is damaged."""
+    damaged = []
+    for _, path in list_checkpoints(output_dir):
+        try:
+            return path, check_checkpoint(path)
+        except CheckpointError as err:
+            logger.warning("Checkpoint %s is damaged (%s); trying the previous one", path, err)
+            damaged.append(f"{os.path.basename(path)}: {err}")
+    if damaged:
+        raise ValueError(f"No valid checkpoint found in output directory ({output_dir}): every checkpoint is "
+                         f"damaged ({'; '.join(damaged)}). Move them away to start over")
+    return None
 
 
 class EvalPrediction:
@@ -552,6 +590,7 @@ class Trainer:
                     pattern = self.model.peft_config[self.model.active_adapter].rank_pattern
                     write_json(os.path.join(staging, ADALORA_PATTERN_FILE),
                                {k: [bool(x) for x in v] for k, v in (pattern or {}).items()})
+            state.stateful_callbacks = exportable_states(self.callback_handler.callbacks)
             state.save_to_json(os.path.join(staging, STATE_FILE))
             write_json(os.path.join(staging, CHECKSUM_FILE), folder_checksums(staging, skip=(CHECKSUM_FILE,)))
         self._rotate_checkpoints()
@@ -578,42 +617,21 @@ class Trainer:
     def _resume_path(self, resume):
         """The checkpoint folder to resume from (``True``: the newest valid one in ``output_dir``)."""
         if resume is True:
-            for _, path in list_checkpoints(self.args.output_dir):
-                try:
-                    self._check_checkpoint(path)
-                    return path
-                except CheckpointError as err:
-                    logger.warning("Checkpoint %s is damaged (%s); trying the previous one", path, err)
-            raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
+            found = newest_checkpoint(self.args.output_dir)
+            if found is None:
+                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
+            return found[0]
         path = os.fspath(resume)
         if not os.path.isdir(path):
             raise ValueError(f"Can't find a valid checkpoint at {path}")
         try:
-            self._check_checkpoint(path)
+            check_checkpoint(path)
         except CheckpointError as err:
             raise ValueError(f"Can't resume from {path}: {err}") from None
         return path
 
-    def _check_checkpoint(self, path):
-        for name in (STATE_FILE, CHECKSUM_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, rng_file(0)):
-            if not os.path.isfile(os.path.join(path, name)):
-                raise CheckpointError(f"{name} is missing" + (" (saved with save_only_model=True?)"
-                                                              if name == OPTIMIZER_FILE else ""))
-        try:
-            recorded = read_json_object(os.path.join(path, CHECKSUM_FILE))
-        except ValueError as err:
-            raise CheckpointError(str(err)) from None
-        verify_checksums(path, recorded, CHECKSUM_FILE)
-        for name in (STATE_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, rng_file(0)):
-            if name not in recorded:
-                raise CheckpointError(f"{CHECKSUM_FILE} does not list {name}")
-        state = TrainerState.load_from_json(os.path.join(path, STATE_FILE))
-        if os.path.basename(os.path.normpath(path)) != f"{CHECKPOINT_PREFIX}-{state.global_step}":
-            raise CheckpointError(f"{STATE_FILE} says step {state.global_step}, which does not match the folder name")
-        return state
-
     def _load_checkpoint(self, path):
-        saved = self._check_checkpoint(path)
+        saved = check_checkpoint(path)
         if saved.train_batch_size not in (None, self.args.per_device_train_batch_size):
             logger.warning("Resuming from a checkpoint trained with a batch size of %s, but the current batch size "
                            "is %s: the rows of the epochs will not be the same as in the original run",
@@ -638,7 +656,7 @@ class Trainer:
             pattern = read_json_object(os.path.join(path, ADALORA_PATTERN_FILE))
             restore_adalora(self.model, os.path.join(path, ADALORA_FILE), pattern or None)
         for key in ("epoch", "global_step", "log_history", "best_metric", "best_global_step",
-                    "best_model_checkpoint", "loss_sums", "total_flos", "num_input_tokens_seen"):
+                    "best_model_checkpoint", "loss_sums", "total_flos", "num_input_tokens_seen", "stateful_callbacks"):
             setattr(self.state, key, getattr(saved, key))
         logger.info("Resuming from %s (step %d)", path, saved.global_step)
 
