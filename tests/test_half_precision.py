@@ -15,7 +15,7 @@ from safetensors import safe_open
 
 from mindpeft import LoraConfig, PeftModel, get_peft_model, models
 from mindpeft.models import modeling_utils
-from mindpeft.training import TrainStep
+from mindpeft.training import Trainer, TrainingArguments, TrainStep
 from conftest import ms_ids, rand_ids, torch_ids, torch_model
 
 IDS = rand_ids((2, 9))
@@ -163,6 +163,28 @@ def test_float16_lora_training_with_dynamic_loss_scale(tiny_model_dir):
     np.testing.assert_allclose(compiled, eager, rtol=2e-4, atol=2e-4)
     assert _dtypes(trained, True) == {"Float32"} and _dtypes(trained, False) == {"Float16"}
     assert float(step.loss_scaler.scale_value.asnumpy()) == 2.0 ** 16  # no overflow: not reduced
+
+
+def test_trainer_fp16_uses_dynamic_loss_scaling(tiny_model_dir, tmp_path):
+    """``TrainingArguments(fp16=True)`` on a float16 model: the same losses as TrainStep's dynamic loss scaling;
+    on a float32 model it asks for ms_dtype=float16."""
+    path = tiny_model_dir("llama", "causal")
+    expected = _train(path, jit=True)[2]
+    np.random.seed(0)
+    model = _lora(path, init_lora_weights=False)
+    rows = [{"input_ids": row, "labels": row} for row in IDS]
+    args = TrainingArguments(output_dir=str(tmp_path), fp16=True, per_device_train_batch_size=2, num_train_epochs=6,
+                             learning_rate=1e-2, weight_decay=1e-2, lr_scheduler_type="constant", max_grad_norm=0,
+                             logging_steps=1, save_strategy="no", disable_tqdm=True)
+    trainer = Trainer(model, args, train_dataset=rows)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    np.testing.assert_allclose(losses, expected, rtol=2e-4, atol=2e-4)  # rows in another order: float16 sums
+    assert float(trainer._step.loss_scaler.scale_value.asnumpy()) == 2.0 ** 16
+    float32 = get_peft_model(models.LlamaForCausalLM.from_pretrained(path), LoraConfig(r=2))
+    with pytest.raises(ValueError, match="fp16=True trains a float16 model .* ms_dtype=mindspore.float16"):
+        Trainer(float32, TrainingArguments(output_dir=str(tmp_path / "f32"), fp16=True, disable_tqdm=True),
+                train_dataset=rows).train()
 
 
 @pytest.mark.parametrize("jit", [False, True])

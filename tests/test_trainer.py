@@ -305,7 +305,7 @@ def test_resume_errors_name_the_folder(tiny_model_dir, tmp_path):
     ({"load_best_model_at_end": True, "eval_strategy": "steps", "eval_steps": 3, "save_steps": 4},
      "save_steps to be a multiple of eval_steps"),
     ({"report_to": "wandb"}, "report_to must be"),
-    ({"fp16": True}, "fp16 must be False"),
+    ({"bf16": True}, "bf16 must be False"),
 ])
 def test_bad_training_arguments_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -408,3 +408,30 @@ def test_adalora_budget_is_allocated_during_training(tiny_model_dir, tmp_path, c
     assert pattern and sum(sum(mask) for mask in pattern.values()) == 2 * len(pattern)  # pruned to target_r
     output = capsys.readouterr()
     assert "'loss':" in output.out + output.err and "4/4" in output.err  # logs above a tqdm bar
+
+
+def test_a_model_holding_adapters_trains_and_reloads_its_best_checkpoint(tiny_model_dir, tmp_path):
+    """transformers' integration (``model.add_adapter``) under the Trainer: the same losses as the PeftModel,
+    the best checkpoint's adapter reloaded at the end."""
+    model_dir, rows, eval_rows = _model_dir(tiny_model_dir, "gpt2"), _rows("gpt2"), _rows("gpt2", n=4, seed=1)
+    common = dict(num_train_epochs=3, learning_rate=0.5, per_device_train_batch_size=8, logging_steps=1, seed=SEED,
+                  eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True, disable_tqdm=True)
+    reference = Trainer(_lora_model(model_dir, "gpt2"), TrainingArguments(output_dir=str(tmp_path / "peft"),
+                                                                         **common),
+                        train_dataset=rows, eval_dataset=eval_rows)
+    reference.train()
+    mindpeft.set_seed(SEED)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_pdrop=0.0, embd_pdrop=0.0, resid_pdrop=0.0)
+    model.add_adapter(LoraConfig(task_type="CAUSAL_LM", r=4, init_lora_weights=False))
+    trainer = Trainer(model, TrainingArguments(output_dir=str(tmp_path / "plain"), **common), train_dataset=rows,
+                      eval_dataset=eval_rows)
+    trainer.train()
+    assert np.abs(np.array(_train_losses(trainer)) - _train_losses(reference)).max() < 1e-6
+    best = trainer.state.best_model_checkpoint
+    assert best != os.path.join(str(tmp_path / "plain"), "checkpoint-6")  # lr 0.5: not the last epoch's
+    saved = load_file(os.path.join(best, "adapter_model.safetensors"))
+    current = model.get_adapter_state_dict()
+    assert saved.keys() == {f"base_model.model.{k}" for k in current} or saved.keys() == current.keys()
+    for key, value in current.items():
+        stored = saved.get(key, saved.get(f"base_model.model.{key}"))
+        np.testing.assert_array_equal(value.asnumpy() if hasattr(value, "asnumpy") else value, stored)

@@ -238,6 +238,16 @@ def _pad_concat(arrays):
     return np.concatenate(_pad_to_common_shape(arrays, 1), axis=0)
 
 
+def _active_adapter(model):
+    """The adapter a PeftModel trains, or the first active one of a model holding adapters (transformers'
+    integration, :meth:`mindpeft.models.PreTrainedModel.add_adapter`); ``None`` without adapters."""
+    if hasattr(model, "active_adapter"):
+        return model.active_adapter
+    if getattr(model, "_hf_peft_config_loaded", False):
+        return model.active_adapters()[0]
+    return None
+
+
 def base_model(model):
     """The transformer under a PeftModel (the model itself otherwise)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -363,7 +373,7 @@ class Trainer:
             float(self.args.learning_rate)
 
     def _adalora(self):
-        config = getattr(self.model, "peft_config", {}).get(getattr(self.model, "active_adapter", None))
+        config = getattr(self.model, "peft_config", {}).get(_active_adapter(self.model))
         return getattr(getattr(config, "peft_type", None), "value", None) == "ADALORA"
 
     # ----- optimizer and schedule -----------------------------------------------------------------------------
@@ -457,7 +467,7 @@ class Trainer:
         adalora = self._adalora()
         step = TrainerStep(self.model, self.optimizer, gradient_accumulation_steps=args.gradient_accumulation_steps,
                            max_grad_norm=args.max_grad_norm, world_size=self.distributed.world_size,
-                           return_grads=adalora, jit=args.jit)
+                           return_grads=adalora, jit=args.jit, loss_scale=self._loss_scale())
         self._step = step
         self._reseed(self.state.global_step)
         self.model.set_train(True)
@@ -512,6 +522,15 @@ class Trainer:
         self.control = self.callback_handler.on_train_end(args, self.state, self.control)
         self.model.set_train(False)
         return TrainOutput(self.state.global_step, train_loss, metrics)
+
+    def _loss_scale(self):
+        """``fp16=True``: dynamic loss scaling of a float16 model's training (torch's ``GradScaler``)."""
+        if not self.args.fp16:
+            return None
+        if not any(p.dtype == ms.float16 for p in self.model.get_parameters()):
+            raise ValueError("TrainingArguments.fp16=True trains a float16 model with dynamic loss scaling, but the "
+                             "model has no float16 weights: load it with ms_dtype=mindspore.float16")
+        return "dynamic"
 
     def _reseed(self, global_step):
         """Reseed dropout for ``global_step`` (rank-specific) and recompile the step when any dropout exists."""
@@ -587,7 +606,7 @@ class Trainer:
                     write_json(os.path.join(staging, rng_file(rank)), states)
                 if self._adalora():
                     np.savez(os.path.join(staging, ADALORA_FILE), **adalora_arrays(self.model))
-                    pattern = self.model.peft_config[self.model.active_adapter].rank_pattern
+                    pattern = self.model.peft_config[_active_adapter(self.model)].rank_pattern
                     write_json(os.path.join(staging, ADALORA_PATTERN_FILE),
                                {k: [bool(x) for x in v] for k, v in (pattern or {}).items()})
             state.stateful_callbacks = exportable_states(self.callback_handler.callbacks)
@@ -666,7 +685,7 @@ class Trainer:
         if hasattr(self.model, "peft_config"):
             from ..utils.save_and_load import load_peft_weights, set_peft_model_state_dict
 
-            set_peft_model_state_dict(self.model, load_peft_weights(path), adapter_name=self.model.active_adapter)
+            set_peft_model_state_dict(self.model, load_peft_weights(path), adapter_name=_active_adapter(self.model))
             return
         values = ms.load_checkpoint(os.path.join(path, OPTIMIZER_FILE))
         for param in self.model.trainable_params():

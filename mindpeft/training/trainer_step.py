@@ -4,14 +4,17 @@ norm and the optimizer update, all inside ``mindspore.jit`` graphs.
 ``accumulate(**batch)`` adds one micro-batch's gradients (and loss) to buffers kept as Parameters;
 ``update(**batch)`` adds the last micro-batch, averages over the micro-batches (so accumulating 2 x 2 rows equals
 one batch of 4), averages across ranks with ``nn.DistributedGradReducer``, clips to ``max_grad_norm`` as torch's
-``clip_grad_norm_`` does, updates and clears the buffers.
+``clip_grad_norm_`` does, updates and clears the buffers. With a loss scale (float16 training) the loss is scaled
+before the gradients are taken and each micro-batch's gradients unscaled; an update whose gradients are not all
+finite is skipped and a dynamic scale adjusted, as torch's ``GradScaler`` does.
 """
 import itertools
 
 import mindspore as ms
 from mindspore import nn, ops
+from mindspore.amp import DynamicLossScaler, all_finite
 
-from .train_step import _StateAwareJit, model_loss, value_and_grad
+from .train_step import _StateAwareJit, _loss_scaler, model_loss, value_and_grad
 
 _INSTANCES = itertools.count(1)
 
@@ -44,13 +47,15 @@ class TrainerStep:
             ``mindspore.communication`` group when above 1).
         return_grads: ``update`` also returns the applied gradients (AdaLoRA's ``update_and_allocate`` needs them).
         jit: compile with ``mindspore.jit``.
+        loss_scale: ``None``, ``"dynamic"``, a number or a ``mindspore.amp`` scaler (see :class:`TrainStep`).
     """
 
     def __init__(self, model, optimizer, loss_fn=None, gradient_accumulation_steps=1, max_grad_norm=None,
-                 world_size=1, return_grads=False, jit=True):
+                 world_size=1, return_grads=False, jit=True, loss_scale=None):
         self.model = model
         self.optimizer = optimizer
-        self.loss_fn = loss_fn or model_loss(model)
+        self.loss_scaler = _loss_scaler(loss_scale)
+        self.loss_fn = self._scaled(loss_fn or model_loss(model))
         self.max_grad_norm = float(max_grad_norm) if max_grad_norm else None
         self.world_size = world_size
         self.return_grads = return_grads
@@ -87,8 +92,30 @@ class TrainerStep:
             if compiled is not None:
                 compiled._fn = None
 
+    def _scaled(self, loss_fn):
+        scaler = self.loss_scaler
+        if scaler is None:
+            return loss_fn
+
+        def scaled_loss(**batch):
+            return scaler.scale(loss_fn(**batch))
+
+        return scaled_loss
+
+    def _loss_and_grads(self):
+        """``(**batch) -> (loss, grads)``, both unscaled."""
+        grad_fn, scaler = value_and_grad(self.loss_fn, self.optimizer.parameters), self.loss_scaler
+        if scaler is None:
+            return grad_fn
+
+        def loss_and_grads(**batch):
+            loss, grads = grad_fn(**batch)
+            return scaler.unscale(loss), scaler.unscale(grads)
+
+        return loss_and_grads
+
     def _build_accumulate(self):
-        grad_fn = value_and_grad(self.loss_fn, self.optimizer.parameters)
+        grad_fn = self._loss_and_grads()
         grad_sums, loss_sum, count = self._grad_sums, self._loss_sum, self._count
 
         def accumulate(**batch):
@@ -102,8 +129,8 @@ class TrainerStep:
         return accumulate
 
     def _build_update(self):
-        grad_fn = value_and_grad(self.loss_fn, self.optimizer.parameters)
-        optimizer, reducer, all_reduce = self.optimizer, self._reducer, self._all_reduce
+        grad_fn = self._loss_and_grads()
+        optimizer, reducer, all_reduce, scaler = self.optimizer, self._reducer, self._all_reduce, self.loss_scaler
         accumulating, world_size, max_norm = self.accumulating, float(self.world_size), self.max_grad_norm
         return_grads = self.return_grads
         if accumulating:
@@ -123,7 +150,14 @@ class TrainerStep:
                 norm = ops.sqrt(ops.addn([ops.reduce_sum(ops.square(grad.astype(ms.float32))) for grad in grads]))
                 scale = ops.clamp(max_norm / (norm + 1e-6), max=1.0)
                 grads = tuple(grad * scale.astype(grad.dtype) for grad in grads)
-            loss = ops.depend(loss, optimizer(grads))
+            if scaler is None:
+                loss = ops.depend(loss, optimizer(grads))
+            else:  # a step with overflowing gradients is skipped
+                finite = all_finite(grads)
+                if finite:
+                    loss = ops.depend(loss, optimizer(grads))
+                if isinstance(scaler, DynamicLossScaler):
+                    loss = ops.depend(loss, scaler.adjust(finite))
             if accumulating:
                 for total in grad_sums:
                     loss = ops.depend(loss, ops.assign(total, ops.zeros_like(total)))

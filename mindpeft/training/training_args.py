@@ -94,7 +94,7 @@ class TrainingArguments:
     greater_is_better: Optional[bool] = None
     report_to: Union[None, str, List[str]] = "none"
     resume_from_checkpoint: Optional[str] = None
-    fp16: bool = False
+    fp16: bool = False  # a float16 model (ms_dtype=mindspore.float16) trained with dynamic loss scaling
     bf16: bool = False
     push_to_hub: bool = False
     jit: bool = True
@@ -164,10 +164,9 @@ class TrainingArguments:
         if self.metric_for_best_model is not None and self.greater_is_better is None:
             self.greater_is_better = not self.metric_for_best_model.endswith("loss")
         self.report_to = self._reporters(self.report_to)
-        for name in ("fp16", "bf16"):
-            if getattr(self, name):
-                _fail(name, True, "False: mindpeft's Trainer trains in the model's own dtype; load the model "
-                                  "with ms_dtype=mindspore.float16 for half-precision weights")
+        if self.bf16:
+            _fail("bf16", True, "False: mindpeft's Trainer trains in the model's own dtype; load the model with "
+                                "ms_dtype=mindspore.bfloat16 (where the device has bfloat16 kernels)")
         if self.push_to_hub:
             _fail("push_to_hub", True, "False: mindpeft reaches no hub; save with trainer.save_model()")
         if self.logging_dir is None:
