@@ -14,6 +14,7 @@ from mindspore import Tensor, ops
 from mindspore.ops.primitive import constexpr
 
 NEG_INF = -1e9
+_batch_matmul = ops.BatchMatMul()
 _batch_matmul_nt = ops.BatchMatMul(transpose_b=True)
 
 
@@ -189,14 +190,14 @@ def scaled_dot_product_attention(query, key, value, bias, scale, dropout=None):
     if scale != 1.0:
         scores = scores * scale
     scores = as_float32(scores)
-    if bias is not None:
-        scores = scores + bias
+    if bias is not None:  # same-shape Add: a broadcasting one keeps 4x its output allocated on CPU (see add_bias)
+        scores = scores + ops.broadcast_to(bias, scores.shape)
     probs = ops.softmax(scores, -1)
     if value.dtype != ms.float32:
         probs = probs.astype(value.dtype)
     if dropout is not None:
         probs = dropout(probs)
-    return ops.matmul(probs, value)
+    return _batch_matmul(probs, value)  # ops.matmul on 4-D input broadcasts: slower, and keeps more memory
 
 
 def split_heads(x, num_heads, head_dim):
