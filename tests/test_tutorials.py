@@ -11,7 +11,8 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 import make_notebooks  # noqa: E402
 
-TUTORIALS = ["lora_seq2seq_financial_sentiment", "lora_sequence_classification", "prompt_methods"]
+TUTORIALS = ["lora_seq2seq_financial_sentiment", "lora_sequence_classification", "prompt_methods",
+             "lora_image_classification", "lora_semantic_segmentation", "prompt_tuning_causal_lm"]
 # MindSpore logs warnings as "[WARNING] ME(...)"; Python warnings read "...Warning: ..."
 WARNING = re.compile(r"WARNING|Warning|deprecated")
 
@@ -60,6 +61,44 @@ def test_prompt_methods(tmp_path):
         assert accuracy == reloaded  # the saved adapter reproduces the trained model
         assert float(loss) < 0.75
     assert max(float(r[3]) for r in rows) > base
+
+
+def test_lora_image_classification(tmp_path):
+    out = run_tutorial("lora_image_classification", tmp_path, epochs=2)
+    assert "ViTImageProcessor (48, 48, 3) -> (3, 32, 32)" in out  # AutoImageProcessor resized the images
+    counts = re.findall(r"trainable params: (\d+) \|\| all params: (\d+) \|\|", out)
+    # the base model trains in full; LoRA r=16 on query and value of 2 layers (4 x 2 x 16 x 64) + the classifier
+    assert counts[0][0] == counts[0][1] and counts[1][0] == str(4 * 2 * 16 * 64 + 64 * 4 + 4)
+    base = float(re.search(r"\| base \(new classifier\) \| ([\d.]+)% \|", out).group(1))
+    lora = float(re.search(r"\| base \+ LoRA \| ([\d.]+)% \|", out).group(1))
+    assert base < 40.0 and lora >= 80.0  # four balanced classes: chance is 25 %
+    assert "['adapter_config.json', 'adapter_model.safetensors']" in out
+    predicted, true = re.search(r"Predicted class: (\w+) \(true class: (\w+)\)", out).groups()
+    assert predicted == true  # the reloaded adapter
+
+
+def test_lora_semantic_segmentation(tmp_path):
+    out = run_tutorial("lora_semantic_segmentation", tmp_path, epochs=1)
+    # the first scene's map holds 0 (unlabelled), 1 (background) and 3 (square): reduced to 255, 0 and 2
+    assert "SegformerImageProcessor (96, 96, 3) -> (3, 64, 64) labels (64, 64) [0, 2, 255]" in out
+    rows = re.findall(r"\| (base \(new decode head\)|base \+ LoRA) \| ([\d.]+)% \|((?: [\d.]+% \|){5})", out)
+    assert [r[0] for r in rows] == ["base (new decode head)", "base + LoRA"]
+    for _, mean, per_class in rows:  # the mean IoU is the mean over the five classes
+        assert abs(float(mean) - sum(map(float, re.findall(r"([\d.]+)%", per_class))) / 5) < 0.011
+    base, lora = float(rows[0][1]), float(rows[1][1])
+    assert base < 15.0 and lora > base + 15.0  # one epoch; the notebook's six reach 78 %
+    assert "['adapter_config.json', 'adapter_model.safetensors']" in out
+    assert float(re.search(r"pixel accuracy on this scene: ([\d.]+)%", out).group(1)) >= 85.0
+
+
+def test_prompt_tuning_causal_lm(tmp_path):
+    out = run_tutorial("prompt_tuning_causal_lm", tmp_path, epochs=2)
+    assert "trainable params: 512 ||" in out  # 8 virtual tokens x hidden size 64
+    base = float(re.search(r"\| base model \| ([\d.]+)% \|", out).group(1))
+    tuned = float(re.search(r"\| \+ prompt tuning \| ([\d.]+)% \|", out).group(1))
+    assert tuned >= 80.0 and tuned > base + 20.0
+    assert "['adapter_config.json', 'adapter_model.safetensors']" in out
+    assert out.rstrip().endswith("-> 'complaint'")  # the reloaded adapter labels a new tweet
 
 
 def test_notebooks_match_scripts_and_have_outputs():
