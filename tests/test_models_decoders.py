@@ -12,7 +12,8 @@ from safetensors.numpy import load_file
 
 import mindpeft
 from mindpeft import PeftModel, get_peft_model, models
-from mindpeft.models import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+from mindpeft.models import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
+                             AutoModelForSequenceClassification, AutoModelForTokenClassification)
 from mindpeft.models.configuration_utils import ConfigError
 from mindpeft.training import TrainStep
 from conftest import VOCAB, max_diff, ms_ids, ms_logits, rand_ids, torch_ids, torch_logits, torch_model
@@ -25,7 +26,8 @@ MS_CLASSES = {("bloom", "causal"): models.BloomForCausalLM, ("bloom", "seq_cls")
               ("qwen2", "causal"): models.Qwen2ForCausalLM, ("qwen2", "seq_cls"): models.Qwen2ForSequenceClassification,
               ("qwen2", "base"): models.Qwen2Model, ("mistral", "causal"): models.MistralForCausalLM,
               ("mistral", "base"): models.MistralModel}
-AUTO = {"causal": AutoModelForCausalLM, "seq_cls": AutoModelForSequenceClassification, "base": AutoModel}
+AUTO = {"causal": AutoModelForCausalLM, "seq_cls": AutoModelForSequenceClassification, "base": AutoModel,
+        "seq2seq": AutoModelForSeq2SeqLM, "token_cls": AutoModelForTokenClassification}
 SEQ = 12  # longer than the tiny Mistral's sliding window (4)
 
 
@@ -189,6 +191,21 @@ def test_default_ia3_and_ln_tuning_targets_match_hf_peft(tiny_model_dir, family)
         ours = get_peft_model(AutoModelForCausalLM.from_pretrained(path),
                               getattr(mindpeft, method)(task_type="CAUSAL_LM"))
         assert {p.name for p in ours.trainable_params()} == {n for n, p in hf.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("family,head,task", [(f, "causal", "CAUSAL_LM") for f in CAUSAL] + [
+    ("t5", "seq2seq", "SEQ_2_SEQ_LM"), ("roberta", "token_cls", "TOKEN_CLS")])
+def test_default_adalora_targets_match_hf_peft(tiny_model_dir, family, head, task):
+    """HF peft's AdaLoRA defaults (wider than LoRA's for T5, RoBERTa, OPT; none for Mistral)."""
+    path = tiny_model_dir(family, head)
+    try:
+        hf = peft.get_peft_model(torch_model(path, family, head), peft.AdaLoraConfig(task_type=task, total_step=10))
+    except ValueError:
+        with pytest.raises(ValueError, match="target_modules"):
+            get_peft_model(AUTO[head].from_pretrained(path), mindpeft.AdaLoraConfig(task_type=task, total_step=10))
+        return
+    ours = get_peft_model(AUTO[head].from_pretrained(path), mindpeft.AdaLoraConfig(task_type=task, total_step=10))
+    assert {p.name for p in ours.trainable_params()} == {n for n, p in hf.named_parameters() if p.requires_grad}
 
 
 def _hf_greedy(hf, ids, steps):

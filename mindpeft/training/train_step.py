@@ -5,6 +5,7 @@ so these wrappers recompile whenever ``model.state_version`` or ``model.training
 """
 import itertools
 import numbers
+import types
 
 import mindspore as ms
 from mindspore import ops
@@ -26,14 +27,18 @@ _BUILD_IDS = itertools.count(1)
 
 
 def uniquely_named(fn, prefix="loss_fn"):
-    """``fn`` under a name of its own. MindSpore caches parsed functions by name and ``id()``: a new function at
-    the address of a freed one with the same name would get the freed one's graph (its model, its weights, its
-    signature: "Got an unexpected keyword argument")."""
-
-    def named(*args, **kwargs):
-        return fn(*args, **kwargs)
-
-    named.__name__ = named.__qualname__ = f"{prefix}_{next(_BUILD_IDS)}"
+    """``fn`` under a name of its own. MindSpore caches parsed functions by class name, ``__name__`` and ``id()``:
+    a new function at the address of a freed one with the same name would get the freed one's graph (its model,
+    its weights, its signature: "Got an unexpected keyword argument"). A plain function is copied under the new
+    name (the graph parses the copy, so the name must be on it, not on a wrapper); anything else is wrapped."""
+    name = f"{prefix}_{next(_BUILD_IDS)}"
+    if isinstance(fn, types.FunctionType):
+        named = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+        named.__kwdefaults__ = fn.__kwdefaults__
+    else:
+        def named(*args, **kwargs):
+            return fn(*args, **kwargs)
+    named.__name__ = named.__qualname__ = name
     return named
 
 

@@ -27,6 +27,16 @@ TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING = {
     "falcon": ["query_key_value"],
 }
 
+# AdaLoRA's differ from LoRA's where HF peft's do: every projection of T5/mT5, RoBERTa, OPT and BART; no default for
+# Mistral, XLM-RoBERTa, ELECTRA and Falcon (target_modules must be given).
+_ADALORA_EXTRA = {
+    "t5": ["q", "k", "v", "o", "wi", "wo"], "mt5": ["q", "k", "v", "o", "wi_0", "wi_1", "wo"],
+    "bart": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+    "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"], "roberta": ["query", "key", "value", "dense"],
+    "deberta-v2": ["query_proj", "key_proj", "value_proj", "dense"]}
+TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING = {
+    **{k: v for k, v in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.items()
+       if k not in ("mistral", "xlm-roberta", "electra", "falcon")}, **_ADALORA_EXTRA}
 # LoHa and LoKr use LoRA's defaults, as in HF peft.
 TRANSFORMERS_MODELS_TO_LOHA_TARGET_MODULES_MAPPING = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.copy()
 TRANSFORMERS_MODELS_TO_LOKR_TARGET_MODULES_MAPPING = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.copy()

@@ -3,6 +3,7 @@ import numpy as np
 from mindspore import ops
 
 from ...models.modeling_utils import sync_parameter_names
+from ...utils.constants import TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING
 from ...utils.other import get_submodules, replace_child
 from ..lora.model import LoraModel
 from .layer import RankAllocator, SVDLinear, dispatch_adalora_layer
@@ -15,6 +16,8 @@ class AdaLoraModel(LoraModel):
     ``A A^T`` and ``B^T B`` from the identity is added to it. Call ``update_and_allocate(step, grads)`` after
     every optimizer step (``grads``: ``{parameter name: gradient}`` or the list matching ``trainable_params()``).
     """
+
+    target_module_mapping = TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING
 
     def __init__(self, model, peft_config, adapter_name):
         super().__init__(model, peft_config, adapter_name)
