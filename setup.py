@@ -18,8 +18,9 @@ setup(
     ],
     extras_require={
         # Reference implementations the tests compare numbers against (never used at run time).
-        "test": ["pytest==9.0.3", "pytest-xdist==3.8.0", "torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "optuna==5.0.0",
-                 "tensorboardX==2.6.5", "Pillow==13.0.0", "bitsandbytes==0.50.0", "matplotlib==3.11.2"],
+        "test": ["pytest==9.0.3", "pytest-xdist==3.8.0", "torch==2.13.0", "transformers==5.23.0", "peft==0.21.2",
+                 "optuna==5.0.0", "tensorboardX==2.6.5", "Pillow==13.0.0", "bitsandbytes==0.50.0",
+                 "matplotlib==3.11.2"],
         # AutoImageProcessor's resizing (ViT, SegFormer), as transformers' PIL backend.
         "vision": ["Pillow==13.0.0"],
         # Trainer.hyperparameter_search(backend="optuna") and TrainingArguments(report_to="tensorboard").
