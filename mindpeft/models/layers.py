@@ -134,8 +134,9 @@ class RMSNorm(nn.Cell):
         dtype = x.dtype
         h = x.astype(ms.float32)
         variance = ops.mean(h * h, -1, keep_dims=True)
-        h = h * ops.rsqrt(variance + self.eps)
-        return self.weight * h.astype(dtype)
+        h = h * ops.broadcast_to(ops.rsqrt(variance + self.eps), h.shape)  # same-shape products (see add_bias)
+        h = h.astype(dtype)
+        return ops.broadcast_to(self.weight, h.shape) * h
 
 
 def rotate_half(x):
@@ -144,6 +145,7 @@ def rotate_half(x):
 
 
 def apply_rotary_pos_emb(x, cos, sin):
+    cos, sin = ops.broadcast_to(cos, x.shape), ops.broadcast_to(sin, x.shape)  # same-shape products (see add_bias)
     return x * cos + rotate_half(x) * sin
 
 
