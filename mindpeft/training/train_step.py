@@ -116,15 +116,12 @@ class TrainStep(_StateAwareJit):
         self.loss_scaler = _loss_scaler(loss_scale)
 
     def _build(self):
-        if self.loss_scaler is not None:
-            return self._build_scaled()
-        grad_fn = value_and_grad(self.loss_fn, self.optimizer.parameters)
-        optimizer = self.optimizer
-        return_grads = self.return_grads
+        grad_fn = scaled_value_and_grad(self.loss_fn, self.optimizer.parameters, self.loss_scaler)
+        optimizer, scaler, return_grads = self.optimizer, self.loss_scaler, self.return_grads
 
         def step(**batch):
             loss, grads = grad_fn(**batch)
-            loss = ops.depend(loss, optimizer(grads))
+            loss = apply_update(loss, grads, optimizer, scaler)
             if return_grads:
                 return loss, grads
             return loss
@@ -132,29 +129,35 @@ class TrainStep(_StateAwareJit):
         return step
 
 
-    def _build_scaled(self):
-        loss_fn, scaler, optimizer = self.loss_fn, self.loss_scaler, self.optimizer
-        return_grads = self.return_grads
+def scaled_value_and_grad(loss_fn, params, scaler=None):
+    """``(**batch) -> (loss, grads)`` of ``loss_fn`` for ``params`` (see :func:`value_and_grad`). With a loss
+    ``scaler`` the loss is scaled before the gradients are taken, and both come back unscaled."""
+    if scaler is None:
+        return value_and_grad(loss_fn, params)
 
-        def scaled_loss(**batch):
-            return scaler.scale(loss_fn(**batch))
+    def scaled_loss(**batch):
+        return scaler.scale(loss_fn(**batch))
 
-        grad_fn = value_and_grad(scaled_loss, optimizer.parameters)
+    grad_fn = value_and_grad(scaled_loss, params)
 
-        def step(**batch):
-            loss, grads = grad_fn(**batch)
-            loss = scaler.unscale(loss)
-            grads = scaler.unscale(grads)
-            finite = all_finite(grads)
-            if finite:
-                loss = ops.depend(loss, optimizer(grads))
-            if isinstance(scaler, DynamicLossScaler):
-                loss = ops.depend(loss, scaler.adjust(finite))
-            if return_grads:
-                return loss, grads
-            return loss
+    def loss_and_grads(**batch):
+        loss, grads = grad_fn(**batch)
+        return scaler.unscale(loss), scaler.unscale(grads)
 
-        return step
+    return uniquely_named(loss_and_grads, "loss_and_grads")
+
+
+def apply_update(loss, grads, optimizer, scaler=None):
+    """``loss`` after ``optimizer(grads)``. With a loss ``scaler`` a step whose gradients are not all finite is
+    skipped (the optimizer is not called) and a dynamic scale adjusted, as torch's ``GradScaler`` does."""
+    if scaler is None:
+        return ops.depend(loss, optimizer(grads))
+    finite = all_finite(grads)
+    if finite:
+        loss = ops.depend(loss, optimizer(grads))
+    if isinstance(scaler, DynamicLossScaler):
+        loss = ops.depend(loss, scaler.adjust(finite))
+    return loss
 
 
 def _loss_scaler(loss_scale):

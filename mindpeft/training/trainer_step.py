@@ -12,9 +12,8 @@ import itertools
 
 import mindspore as ms
 from mindspore import nn, ops
-from mindspore.amp import DynamicLossScaler, all_finite
 
-from .train_step import _StateAwareJit, _loss_scaler, model_loss, value_and_grad
+from .train_step import _StateAwareJit, _loss_scaler, apply_update, model_loss, scaled_value_and_grad
 
 _INSTANCES = itertools.count(1)
 
@@ -55,7 +54,7 @@ class TrainerStep:
         self.model = model
         self.optimizer = optimizer
         self.loss_scaler = _loss_scaler(loss_scale)
-        self.loss_fn = self._scaled(loss_fn or model_loss(model))
+        self.loss_fn = loss_fn or model_loss(model)
         self.max_grad_norm = float(max_grad_norm) if max_grad_norm else None
         self.world_size = world_size
         self.return_grads = return_grads
@@ -92,27 +91,9 @@ class TrainerStep:
             if compiled is not None:
                 compiled._fn = None
 
-    def _scaled(self, loss_fn):
-        scaler = self.loss_scaler
-        if scaler is None:
-            return loss_fn
-
-        def scaled_loss(**batch):
-            return scaler.scale(loss_fn(**batch))
-
-        return scaled_loss
-
     def _loss_and_grads(self):
         """``(**batch) -> (loss, grads)``, both unscaled."""
-        grad_fn, scaler = value_and_grad(self.loss_fn, self.optimizer.parameters), self.loss_scaler
-        if scaler is None:
-            return grad_fn
-
-        def loss_and_grads(**batch):
-            loss, grads = grad_fn(**batch)
-            return scaler.unscale(loss), scaler.unscale(grads)
-
-        return loss_and_grads
+        return scaled_value_and_grad(self.loss_fn, self.optimizer.parameters, self.loss_scaler)
 
     def _build_accumulate(self):
         grad_fn = self._loss_and_grads()
@@ -150,14 +131,7 @@ class TrainerStep:
                 norm = ops.sqrt(ops.addn([ops.reduce_sum(ops.square(grad.astype(ms.float32))) for grad in grads]))
                 scale = ops.clamp(max_norm / (norm + 1e-6), max=1.0)
                 grads = tuple(grad * scale.astype(grad.dtype) for grad in grads)
-            if scaler is None:
-                loss = ops.depend(loss, optimizer(grads))
-            else:  # a step with overflowing gradients is skipped
-                finite = all_finite(grads)
-                if finite:
-                    loss = ops.depend(loss, optimizer(grads))
-                if isinstance(scaler, DynamicLossScaler):
-                    loss = ops.depend(loss, scaler.adjust(finite))
+            loss = apply_update(loss, grads, optimizer, scaler)
             if accumulating:
                 for total in grad_sums:
                     loss = ops.depend(loss, ops.assign(total, ops.zeros_like(total)))
