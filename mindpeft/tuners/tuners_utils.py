@@ -225,22 +225,31 @@ class BaseTunerLayer:
             names = [n for n in names if n not in self.merged_adapters]
         return [n for n in names if n in self.adapter_names()]
 
+    def _merge_into(self, value, adapter_name):
+        """The base weight ``value`` (numpy) with the adapter merged in: ``value + get_delta_weight`` here; layers
+        whose update is not additive (rotations, reflections) override this and :meth:`_unmerge_from`."""
+        return value + self.get_delta_weight(adapter_name)
+
+    def _unmerge_from(self, value, adapter_name):
+        """The inverse of :meth:`_merge_into`."""
+        return value - self.get_delta_weight(adapter_name)
+
     def merge(self, safe_merge=False, adapter_names=None):
-        """Add the adapters' ``get_delta_weight`` (numpy, shaped like the base weight) into the base weight (checked
-        for non-finite values if ``safe_merge``). Layers whose update is not additive override this."""
+        """Merge each adapter into the base weight in turn (:meth:`_merge_into`), checked for non-finite values if
+        ``safe_merge``."""
         weight = base_weight(self.get_base_layer())
         for name in self.check_adapters_to_merge(adapter_names):
-            merged = weight.asnumpy() + self.get_delta_weight(name)
+            merged = self._merge_into(weight.asnumpy(), name)
             if safe_merge and not np.isfinite(merged).all():
                 raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
             write_parameter(weight, merged)
             self.merged_adapters.append(name)
 
     def unmerge(self):
-        """Subtract every merged adapter's update from the base weight, last merged first."""
+        """Undo every merged adapter (:meth:`_unmerge_from`), last merged first."""
         weight = base_weight(self.get_base_layer())
         while self.merged_adapters:
-            write_parameter(weight, weight.asnumpy() - self.get_delta_weight(self.merged_adapters.pop()))
+            write_parameter(weight, self._unmerge_from(weight.asnumpy(), self.merged_adapters.pop()))
 
 
 def _params_of(container, key):

@@ -16,9 +16,8 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.seed import _get_graph_seed
 
 from ...models.layers import Conv1D, Linear as LinearLayer, _uniform_real, linear
-from ...models.modeling_utils import write_parameter
 from ..oft.layer import cayley, check_conv2d, dense_features
-from ..tuners_utils import BaseTunerLayer, ParameterDict, base_weight
+from ..tuners_utils import BaseTunerLayer, ParameterDict
 
 
 def butterfly_permutation(features, blocks, half_block, factor):
@@ -166,25 +165,15 @@ class BOFTLayer(nn.Cell, BaseTunerLayer):
         matrix = self.butterfly_matrix(adapter_name).asnumpy()
         return matrix, getattr(self.boft_s, adapter_name).asnumpy().reshape(-1, 1)
 
-    def merge(self, safe_merge=False, adapter_names=None):
-        """Rotate and scale the base weight by each adapter in turn (checked for NaNs if ``safe_merge``)."""
-        for name in self.check_adapters_to_merge(adapter_names):
-            matrix, scale = self.get_delta_weight(name)
-            weight = base_weight(self.get_base_layer())
-            value = weight.asnumpy()
-            merged = ((value.reshape(value.shape[0], -1) @ matrix.T) * scale).reshape(value.shape)
-            if safe_merge and not np.isfinite(merged).all():
-                raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
-            write_parameter(weight, merged)
-            self.merged_adapters.append(name)
+    def _merge_into(self, value, adapter_name):
+        """The base weight rotated and scaled by the adapter."""
+        matrix, scale = self.get_delta_weight(adapter_name)
+        return ((value.reshape(value.shape[0], -1) @ matrix.T) * scale).reshape(value.shape)
 
-    def unmerge(self):
-        """Undo the merges, last first (the rotation's inverse is its transpose)."""
-        weight = base_weight(self.get_base_layer())
-        while self.merged_adapters:
-            matrix, scale = self.get_delta_weight(self.merged_adapters.pop())
-            value = weight.asnumpy()
-            write_parameter(weight, ((value.reshape(value.shape[0], -1) @ matrix) / scale).reshape(value.shape))
+    def _unmerge_from(self, value, adapter_name):
+        """The inverse of :meth:`_merge_into` (the rotation's inverse is its transpose)."""
+        matrix, scale = self.get_delta_weight(adapter_name)
+        return ((value.reshape(value.shape[0], -1) @ matrix) / scale).reshape(value.shape)
 
 
 class Linear(BOFTLayer):

@@ -6,7 +6,6 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from ...models.layers import linear
-from ...models.modeling_utils import write_parameter
 from ..tuners_utils import BaseTunerLayer, ParameterDict
 
 
@@ -72,24 +71,17 @@ class HRALayer(nn.Cell, BaseTunerLayer):
         weight = self.base_layer.weight
         return weight.view(weight.shape[0], -1)
 
-    def merge(self, safe_merge=False, adapter_names=None):
-        """Multiply the base weight by the adapters' reflections (checked for non-finite values if
-        ``safe_merge``)."""
-        weight = self.base_layer.weight
-        for name in self.check_adapters_to_merge(adapter_names):
-            merged = self.reflect(self._flat_weight(), name).asnumpy().reshape(weight.shape)
-            if safe_merge and not np.isfinite(merged).all():
-                raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
-            write_parameter(weight, merged)
-            self.merged_adapters.append(name)
+    def _merge_into(self, value, adapter_name):
+        """The base weight multiplied by the adapter's reflections."""
+        return self._reflected(value, adapter_name, False)
 
-    def unmerge(self):
-        """Multiply the base weight by the inverse reflections of every merged adapter, last merged first."""
-        weight = self.base_layer.weight
-        while self.merged_adapters:
-            name = self.merged_adapters.pop()
-            write_parameter(weight, self.reflect(self._flat_weight(), name, reverse=True).asnumpy().reshape(
-                weight.shape))
+    def _unmerge_from(self, value, adapter_name):
+        """The base weight multiplied by the adapter's inverse reflections."""
+        return self._reflected(value, adapter_name, True)
+
+    def _reflected(self, value, adapter_name, reverse):
+        flat = Tensor(value.reshape(value.shape[0], -1))
+        return self.reflect(flat, adapter_name, reverse=reverse).asnumpy().reshape(value.shape)
 
     def construct(self, x):
         if self.disable_adapters or self.merged_adapters or not self._active_in_layer:

@@ -171,25 +171,16 @@ class OFTLayer(nn.Cell, BaseTunerLayer):
         """The base weight, viewed 2-D as (out, rotated features), after the rotation ``matrix``."""
         return weight @ matrix.T
 
-    def _rewrite_weight(self, matrix, safe_merge=False, name=None):
-        weight = base_weight(self.get_base_layer())
-        value = weight.asnumpy()
-        rotated = self.rotate_weight(value.reshape(value.shape[0], -1), matrix).reshape(value.shape)
-        if safe_merge and not np.isfinite(rotated).all():
-            raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
-        write_parameter(weight, rotated)
+    def _merge_into(self, value, adapter_name):
+        """The base weight rotated by the adapter (HF peft's order when several are merged)."""
+        return self._rotated(value, self.get_delta_weight(adapter_name))
 
-    def merge(self, safe_merge=False, adapter_names=None):
-        """Rotate the base weight by each adapter in turn (HF peft's order), checked for NaNs if ``safe_merge``."""
-        for name in self.check_adapters_to_merge(adapter_names):
-            self._rewrite_weight(self.get_delta_weight(name), safe_merge, name)
-            self.merged_adapters.append(name)
+    def _unmerge_from(self, value, adapter_name):
+        """The inverse rotation (the Neumann series is not exactly orthogonal: a true inverse, not the transpose)."""
+        return self._rotated(value, np.linalg.inv(self.get_delta_weight(adapter_name).astype(np.float64)))
 
-    def unmerge(self):
-        """Undo the merges, last first, with each rotation's inverse (the Neumann series is not exactly orthogonal)."""
-        while self.merged_adapters:
-            name = self.merged_adapters.pop()
-            self._rewrite_weight(np.linalg.inv(self.get_delta_weight(name).astype(np.float64)))
+    def _rotated(self, value, matrix):
+        return self.rotate_weight(value.reshape(value.shape[0], -1), matrix).reshape(value.shape)
 
     def construct(self, x):
         if self.disable_adapters or self.merged_adapters:
