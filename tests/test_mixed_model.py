@@ -7,17 +7,15 @@ import numpy as np
 import peft
 import pytest
 import torch
-from mindspore import Tensor, nn, ops
+from mindspore import Tensor
 from mindspore.experimental import optim
 
 from mindpeft import (IA3Config, LoHaConfig, LoKrConfig, LoraConfig, OFTConfig, PeftMixedModel, PromptTuningConfig,
                       get_peft_model)
 from mindpeft.models import AutoModelForCausalLM
-from mindpeft.models.layers import Linear
-from mindpeft.models.modeling_utils import write_parameter
 from mindpeft.training import TrainStep
 from mindpeft.tuners.tuners_utils import BaseTunerLayer
-from conftest import adapter_shapes as _shapes, max_diff, ms_logits, rand_ids, torch_logits, torch_model
+from conftest import MsMLP, adapter_shapes as _shapes, max_diff, ms_logits, rand_ids, torch_logits, torch_model
 from test_lycoris_conv import X as CONV_X, MsConvNet, TorchConvNet
 
 # name: (HF config class, mindpeft config class, arguments); "oft" and "lokr" each target one layer, so lin0 carries
@@ -30,19 +28,6 @@ ADAPTERS = {
     "oft": (peft.OFTConfig, OFTConfig, dict(target_modules=["lin0"], r=0, oft_block_size=4, init_weights=False)),
 }
 X = np.random.default_rng(0).standard_normal((3, 5, 16)).astype(np.float32)
-
-
-class MsMLP(nn.Cell):
-    def __init__(self, torch_twin):
-        super().__init__()
-        self.lin0 = Linear(16, 32)
-        self.lin1 = Linear(32, 8)
-        state = torch_twin.state_dict()
-        for name, param in self.parameters_and_names():
-            write_parameter(param, state[name].numpy())
-
-    def construct(self, x):
-        return self.lin1(ops.relu(self.lin0(x)))
 
 
 def _hf(name):
