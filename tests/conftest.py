@@ -1,5 +1,7 @@
 """Tiny HF reference models (torch) saved to disk, for mindpeft to load and be compared against."""
 import os
+import signal
+import subprocess
 import warnings
 
 import numpy as np
@@ -188,3 +190,19 @@ class MsMLP(nn.Cell):
 def torch_mlp():
     torch.manual_seed(1)
     return TorchMLP().eval()
+
+
+def finish_launcher(process, log_dir, timeout, what):
+    """A launcher's (``msrun``'s) exit status and output, with its workers' logs from ``log_dir`` (MindSpore's INFO
+    and WARNING lines dropped); the whole process group is killed and the test failed past ``timeout`` seconds."""
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"{what} did not finish within {timeout} s")
+    for name in sorted(os.listdir(log_dir)) if os.path.isdir(log_dir) else []:
+        with open(os.path.join(log_dir, name), errors="replace") as f:
+            output += f"\n----- {name}\n" + "\n".join(line for line in f.read().splitlines()
+                                                    if "[INFO]" not in line and "[WARNING]" not in line)
+    return process.returncode, output

@@ -5,7 +5,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from mindpeft import PeftModel
 from mindpeft.models import GPT2Config, GPT2ForSequenceClassification, Tokenizer, train_word_level_tokenizer
 from mindpeft.training import EvalPrediction, default_data_collator, read_csv
 from mindpeft.training.trainer import to_tensors
+from conftest import finish_launcher
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 DATA = os.path.join(ROOT, "tutorials", "data", "movie_reviews.csv")
@@ -104,21 +104,6 @@ def test_accuracy_metrics(tiny_classifier):
     assert train.generation_accuracy(tokenizer)(EvalPrediction(generated, labels)) == {"accuracy": 0.5}
 
 
-def _finish(process, log_dir):
-    """The launcher's exit status and output (with msrun's worker logs); kills the process group past the
-    timeout."""
-    try:
-        output, _ = process.communicate(timeout=MSRUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        pytest.fail(f"train.py --nproc 2 did not finish within {MSRUN_TIMEOUT} s")
-    for name in sorted(os.listdir(log_dir)) if os.path.isdir(log_dir) else []:
-        with open(os.path.join(log_dir, name), errors="replace") as f:
-            output += f"\n----- {name}\n{f.read()[-3000:]}"
-    return process.returncode, output
-
-
 def _adapter(out):
     return load_file(os.path.join(out, "adapter", "adapter_model.safetensors"))
 
@@ -129,7 +114,7 @@ def test_nproc_2_equals_one_process_with_the_global_batch(tiny_classifier, train
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "train.py"),
                                 *_args(tiny_classifier, out, "ia3"), "--nproc", "2"], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, env=_env(), start_new_session=True)
-    code, output = _finish(process, out / "msrun_logs")
+    code, output = finish_launcher(process, str(out / "msrun_logs"), MSRUN_TIMEOUT, "train.py --nproc 2")
     assert code == 0, output[-6000:]
     a, b = _adapter(out), _adapter(single)  # batches of 8 rows on each of 2 workers = batches of 16 in one process
     assert a.keys() == b.keys() and max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-5

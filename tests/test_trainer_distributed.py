@@ -13,7 +13,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 import mindpeft
 from mindpeft import LoraConfig, get_peft_model
@@ -85,19 +84,9 @@ def _start_msrun(workdir, *script_args):
 
 
 def _finish(process, workdir):
-    """msrun's exit status and output, with the worker logs; kills the whole process group past TIMEOUT."""
-    try:
-        output, _ = process.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        pytest.fail(f"msrun did not finish within {TIMEOUT} s")
-    logs = os.path.join(workdir, "logs")
-    for name in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
-        with open(os.path.join(logs, name), errors="replace") as f:
-            output += f"\n----- {name}\n" + "\n".join(line for line in f.read().splitlines()
-                                                    if "[INFO]" not in line and "[WARNING]" not in line)
-    return process.returncode, output
+    from conftest import finish_launcher  # here: msrun's workers run this file without the test dependencies
+
+    return finish_launcher(process, os.path.join(workdir, "logs"), TIMEOUT, "msrun")
 
 
 def test_two_msrun_workers_equal_one_process_with_the_global_batch(tiny_model_dir, tmp_path):
