@@ -8,11 +8,14 @@ matplotlib (``pip install 'mindpeft[plot]'``) into a PNG, by default OUTPUT_DIR/
 loss (training and evaluation), one for the learning rate and one for each other evaluation metric.
 """
 import argparse
+import io
 import json
 import math
 import os
 import re
 import sys
+
+from mindpeft.utils.io import atomic_write_bytes
 
 PANEL_SIZE = (8.0, 3.0)  # inches per panel; the figure is one panel wide
 DPI = 100
@@ -102,8 +105,10 @@ def plot(series, output, title):
     axes[-1, 0].set_xlabel("step")
     figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(output, format="png")
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
     pyplot.close(figure)
+    atomic_write_bytes(output, png.getvalue())  # an interrupted run leaves the old picture or none
     return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
             for ax in axes[:, 0] for line in ax.get_lines()}
 
