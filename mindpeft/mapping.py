@@ -5,6 +5,7 @@ from .models.modeling_utils import sync_parameter_names
 from .peft_model import TASK_TYPE_TO_PEFT_MODEL, PeftModel
 from .utils.registry import (PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING,
                              peft_type_key)
+from .utils.save_and_load import unchanged_on_error
 
 MODEL_TYPE_TO_PEFT_MODEL_MAPPING = TASK_TYPE_TO_PEFT_MODEL
 
@@ -15,7 +16,8 @@ def get_peft_model(model, peft_config, adapter_name="default", mixed=False, auto
     Returns the PeftModel subclass for ``peft_config.task_type`` (plain :class:`PeftModel` when it is unset), or
     with ``mixed=True`` a :class:`~mindpeft.PeftMixedModel` (adapters of LoRA, LoHa, LoKr and OFT together).
     A model that already holds adapters gets HF peft's warning; one that already holds an adapter named
-    ``adapter_name`` is refused, since wrapping it again would re-initialise that adapter's trained weights.
+    ``adapter_name`` is refused, since wrapping it again would re-initialise that adapter's trained weights. A config
+    refused part-way (a module that cannot be adapted) leaves ``model`` as it was.
     ``autocast_adapter_dtype`` (HF peft's): adapter weights stay float32 on a float16 or bfloat16 base (the adapter
     layers cast their input and output); ``False`` gives them the base layer's dtype.
     """
@@ -30,12 +32,13 @@ def get_peft_model(model, peft_config, adapter_name="default", mixed=False, auto
     if held:
         warnings.warn("You are trying to modify a model with PEFT for a second time. If you want to reload the model "
                       "with a different config, make sure to call `.unload()` before.")
-    if mixed:
-        from .mixed_model import PeftMixedModel
-        return PeftMixedModel(model, peft_config, adapter_name)
-    task = peft_config.task_type.value if peft_config.task_type is not None else None
-    return MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(task, PeftModel)(model, peft_config, adapter_name,
-                                                                  autocast_adapter_dtype=autocast_adapter_dtype)
+    with unchanged_on_error(model):  # a refused config leaves no half-injected adapter behind
+        if mixed:
+            from .mixed_model import PeftMixedModel
+            return PeftMixedModel(model, peft_config, adapter_name)
+        task = peft_config.task_type.value if peft_config.task_type is not None else None
+        return MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(task, PeftModel)(model, peft_config, adapter_name,
+                                                                      autocast_adapter_dtype=autocast_adapter_dtype)
 
 
 def inject_adapter_in_model(peft_config, model, adapter_name="default"):

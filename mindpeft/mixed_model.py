@@ -92,12 +92,9 @@ class PeftMixedModel(ModelOutputMixin, nn.Cell):
         check_config_compatible(peft_config)
         if peft_config.base_model_name_or_path is None and self.peft_config:
             peft_config.base_model_name_or_path = next(iter(self.peft_config.values())).base_model_name_or_path
-        self.peft_config[adapter_name] = peft_config
-        try:
+        with unchanged_on_error(self, new_adapter=adapter_name):  # a refused config leaves no half-added adapter
+            self.peft_config[adapter_name] = peft_config
             self.base_model.inject_adapter(self.base_model.model, adapter_name)
-        except Exception:
-            self.peft_config.pop(adapter_name, None)
-            raise
         sync_parameter_names(self)
 
     def set_adapter(self, adapter_name, inference_mode=False):

@@ -7,7 +7,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from .config import PeftConfig
-from .models.model_outputs import ModelOutputMixin
+from .models.model_outputs import ModelOutputMixin, check_model_inputs
 from .models.gradient_checkpointing import (disable_gradient_checkpointing, enable_gradient_checkpointing,
                                             is_gradient_checkpointing)
 from .models.modeling_utils import sync_parameter_names
@@ -92,6 +92,14 @@ class PeftModel(ModelOutputMixin, nn.Cell):
         raise ValueError(f"{type(self).__name__} does not support prompt learning; use get_peft_model with a "
                          "config whose task_type is CAUSAL_LM, SEQ_2_SEQ_LM, SEQ_CLS or TOKEN_CLS")
 
+    def _prompt_batch_size(self, input_ids, inputs_embeds, attention_mask):
+        """The batch size of a prompt-learning forward, after the checks the base model would make of the inputs
+        it is given in their stead (shapes; in PyNative ids in the vocabulary): the virtual tokens are added here,
+        so a 1-D, empty or out-of-vocabulary input would otherwise fail in a concat or gather kernel."""
+        check_model_inputs(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                           vocab_size=self._vocab_size, length_limit=False)
+        return _batch_size(input_ids, inputs_embeds)
+
     # ----- configuration and parameters -------------------------------------------------------------
     @property
     def peft_config(self):
@@ -166,16 +174,13 @@ class PeftModel(ModelOutputMixin, nn.Cell):
             peft_config.base_model_name_or_path = self.active_peft_config.base_model_name_or_path
         self._prepare_config(peft_config)
         convert_legacy_target_modules(peft_config, self.get_base_model())
-        if self._is_prompt_learning:
-            self._add_prompt_adapter(adapter_name, peft_config)
-            return
-        self.base_model.peft_config[adapter_name] = peft_config
-        try:
+        with unchanged_on_error(self, new_adapter=adapter_name):  # a refused config leaves no half-added adapter
+            if self._is_prompt_learning:
+                self._add_prompt_adapter(adapter_name, peft_config)
+                return
+            self.base_model.peft_config[adapter_name] = peft_config
             self.base_model.inject_adapter(self.base_model.model, adapter_name)
-        except Exception:
-            del self.base_model.peft_config[adapter_name]
-            raise
-        self.base_model.cast_adapter_dtype(adapter_name, autocast_adapter_dtype)
+            self.base_model.cast_adapter_dtype(adapter_name, autocast_adapter_dtype)
 
     def _prepare_config(self, peft_config):
         """Add the task's head (classifier, qa_outputs) to ``modules_to_save`` before injection, as HF peft does."""
@@ -255,6 +260,8 @@ class PeftModel(ModelOutputMixin, nn.Cell):
                 param.requires_grad = False
         if not hasattr(self, "word_embeddings"):
             self.word_embeddings = _find_word_embeddings(self.base_model)
+            weight = getattr(self.word_embeddings, "weight", getattr(self.word_embeddings, "embedding_table", None))
+            self._vocab_size = int(weight.shape[0])
         encoder_cls = get_model_class(config.peft_type)
         if config.peft_type in (PeftType.PROMPT_TUNING, PeftType.MULTITASK_PROMPT_TUNING):
             encoder = encoder_cls(config, self.word_embeddings, encoded)
@@ -464,7 +471,7 @@ class PeftModelForCausalLM(PeftModel):
 
     def _prompt_forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None,
                         position_ids=None, token_type_ids=None, task_ids=None, **kwargs):
-        batch = _batch_size(input_ids, inputs_embeds)
+        batch = self._prompt_batch_size(input_ids, inputs_embeds, attention_mask)
         attention_mask = self._prefix_attention_mask(attention_mask)
         if self._is_prefix:
             return self.base_model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
@@ -501,7 +508,7 @@ class PeftModelForSeq2SeqLM(PeftModel):
     def _prompt_forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, decoder_input_ids=None,
                         decoder_attention_mask=None, decoder_inputs_embeds=None, labels=None, task_ids=None,
                         **kwargs):
-        batch = _batch_size(input_ids, inputs_embeds)
+        batch = self._prompt_batch_size(input_ids, inputs_embeds, attention_mask)
         if self._is_prefix:
             return self.base_model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                                    decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
@@ -560,7 +567,7 @@ class _PromptClassificationMixin:
 
     def _prompt_forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, token_type_ids=None,
                         position_ids=None, task_ids=None, **kwargs):
-        batch = _batch_size(input_ids, inputs_embeds)
+        batch = self._prompt_batch_size(input_ids, inputs_embeds, attention_mask)
         attention_mask = self._prefix_attention_mask(attention_mask)
         if self._is_prefix:
             past = self._prefix_past(batch)

@@ -216,7 +216,10 @@ def prepare(args):
         fail(str(err))
     task = resolve_task(args, config.model_type, table)
     check_data_and_model(args, table, config, task, limited=len(table) < len(whole))
-    tokenizer = Tokenizer.from_pretrained(args.model)
+    try:
+        tokenizer = Tokenizer.from_pretrained(args.model)
+    except (OSError, ValueError) as err:
+        fail(str(err))
     if task == TaskType.SEQ_CLS and config.model_type == "gpt2":
         tokenizer.padding_side = "left"  # GPT-2 classifies at the last position
     if task == TaskType.SEQ_CLS:
@@ -370,8 +373,11 @@ def train(args, run, argv, resume):
     # the Trainer's count: each worker takes every nproc-th row (wrapping around to even the shares)
     total_steps = args.epochs * (math.ceil(len(run.train_rows) / args.nproc) // per_device if drop_last else 1)
     set_seed(args.seed)
-    model = get_peft_model(AUTO_CLASSES[run.task].from_pretrained(args.model), peft_config(args, run.task,
-                                                                                            total_steps))
+    try:
+        base = AUTO_CLASSES[run.task].from_pretrained(args.model)
+    except (OSError, ValueError) as err:  # damaged or mismatched weights: named by the loader
+        fail(str(err))
+    model = get_peft_model(base, peft_config(args, run.task, total_steps))
     if main_process:
         model.print_trainable_parameters()
     seq2seq = run.task == TaskType.SEQ_2_SEQ_LM
@@ -441,7 +447,10 @@ def main(argv=None):
     run = prepare(args)
     if worker:
         return train(args, run, argv, os.environ.get(RESUME_ENV) or None)
-    os.makedirs(args.output_dir, exist_ok=True)
+    try:
+        os.makedirs(args.output_dir, exist_ok=True)
+    except OSError as err:
+        fail(f"cannot create --output-dir {args.output_dir}: {err.strerror}")
     with lock_output(args.output_dir):
         resume = resume_point(args.output_dir, run.settings)
         if args.nproc > 1:

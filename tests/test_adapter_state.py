@@ -152,3 +152,32 @@ def test_adalora_masking_during_compiled_training_reaches_the_compiled_step(tiny
         if "lora_E" in name:
             assert np.all(param.asnumpy()[[1, 3]] == 0)
     assert max_diff(logits(ids), model(ids)["logits"]) < 1e-6
+
+
+def _structure(model):
+    cells = [(n, type(c).__name__, c.training) for n, c in model.cells_and_names()]
+    return cells, {n: (p.name, p.requires_grad) for n, p in model.parameters_and_names()}
+
+
+def test_refused_get_peft_model_and_add_adapter_leave_the_model_unchanged(tiny_model_dir):
+    """c_attn is adapted before the bad module is reached: the refusal must undo that (it used to leave the base
+    model holding the adapter, so the next get_peft_model refused to wrap it again)."""
+    base = _base(tiny_model_dir)
+    before = _structure(base)
+    for config, message in [(LoraConfig(target_modules=["c_attn"], modules_to_save="head"), r"\['head'\] not found"),
+                            (LoraConfig(target_modules=["c_attn", "ln_f"]), "LayerNorm is not supported")]:
+        with pytest.raises(ValueError, match=message):
+            get_peft_model(base, config)
+        assert _structure(base) == before
+    model = _lora(base)
+    before = _structure(model)
+    with pytest.raises(ValueError, match=r"\['head'\] not found"):
+        model.add_adapter("other", LoraConfig(target_modules=["c_attn", "c_fc"], modules_to_save=["head"]))
+    assert _structure(model) == before and list(model.peft_config) == ["default"]
+    model.add_adapter("other", LoraConfig(target_modules=["c_fc"]))
+    assert list(model.peft_config) == ["default", "other"]
+    mixed = get_peft_model(_base(tiny_model_dir), LoraConfig(target_modules=["c_attn"]), mixed=True)
+    before = _structure(mixed)
+    with pytest.raises(ValueError, match="LayerNorm is not supported"):
+        mixed.add_adapter("other", LoraConfig(target_modules=["c_fc", "ln_f"]))
+    assert _structure(mixed) == before and list(mixed.peft_config) == ["default"]

@@ -110,3 +110,12 @@ def test_unknown_adapter_names(gpt2):
         model.add_weighted_adapter(["default", "missing"], [1.0, 1.0], "mix")
     with pytest.raises(ValueError, match="invalid `selected_adapters`"):
         model.save_pretrained("/tmp/unused", selected_adapters=["nope"])
+
+
+def test_a_string_of_module_or_adapter_names_is_one_name(gpt2, tmp_path):
+    with pytest.raises(ValueError, match=r"modules_to_save \['head'\] not found"):  # never ['h', 'e', 'a', 'd']
+        get_peft_model(gpt2, LoraConfig(target_modules=["c_attn"], modules_to_save="head"))
+    model = get_peft_model(gpt2, LoraConfig(task_type="CAUSAL_LM"))
+    with pytest.raises(ValueError, match=r"got \['nope'\]"):
+        model.save_pretrained(str(tmp_path / "a"), selected_adapters="nope")
+    assert not (tmp_path / "a").exists()

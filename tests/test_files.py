@@ -476,3 +476,16 @@ def test_damaged_config_files_name_the_file(tmp_path, text, problem):
             f.write(text)
         with pytest.raises(ValueError, match=rf"{model_dir}/config.json.*{problem}"):
             GPT2LMHeadModel.from_pretrained(model_dir)
+
+
+def test_tokenizer_save_that_fails_leaves_the_folder_as_it_was(tmp_path):
+    from mindpeft.models import Tokenizer
+
+    tokenizer = Tokenizer.from_pretrained(os.path.join(REPO, "tutorials", "data", "tiny-gpt2-reviews"))
+    folder = str(tmp_path / "tok")
+    tokenizer.save_pretrained(folder)
+    before = _files(folder)
+    tokenizer.model_max_length = object()  # tokenizer_config.json cannot hold it
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        tokenizer.save_pretrained(folder)
+    assert _files(folder) == before and _temporaries(folder) == []

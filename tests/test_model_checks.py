@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 import torch
 from mindspore import Tensor
+from mindspore.experimental.optim import AdamW
 from safetensors.numpy import load_file, save_file
 
-from mindpeft import models
+from mindpeft import (LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model,
+                      models)
 from mindpeft.models.configuration_utils import ConfigError
 from mindpeft.models.model_outputs import cross_entropy
+from mindpeft.training import TrainStep
 from conftest import TINY_CONFIGS, max_diff, ms_ids, rand_ids, torch_ids, torch_model
 
 
@@ -299,3 +302,62 @@ def test_checks_under_jit(gpt2):
         loss_fn(ms_ids(ids), ms_ids(labels[:, :5]))
     with pytest.raises(ValueError, match=r"input_ids must be 2-D"):
         loss_fn(ms_ids(ids[0]), ms_ids(labels[0]))
+
+
+# ----- prompt learning: the inputs are checked before the virtual tokens are added --------------------------------
+
+
+@pytest.mark.parametrize("make", [
+    lambda: (models.GPT2LMHeadModel, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)),
+    lambda: (models.GPT2LMHeadModel, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)),
+    lambda: (models.BertForSequenceClassification, PromptEncoderConfig(task_type="SEQ_CLS", num_virtual_tokens=3)),
+])
+def test_prompt_learning_input_errors(tiny_model_dir, make):
+    cls, config = make()
+    family, head = ("gpt2", "causal") if cls is models.GPT2LMHeadModel else ("bert", "seq_cls")
+    model = get_peft_model(cls.from_pretrained(tiny_model_dir(family, head)), config)
+    ids = rand_ids((2, 5))
+    with pytest.raises(ValueError, match=r"input_ids must be in \[0, 96\) \(vocab_size=96\), got 200"):
+        model(ms_ids([[4, 200]]))  # was: For 'Gather', the 'input_indices' should be in the range [0, 96)
+    with pytest.raises(ValueError, match=r"input_ids must be 2-D .* add a batch dimension"):
+        model(ms_ids(ids[0]))  # was: For primitive[Concat], element rank must be same
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 4\) but input_ids has shape \(2, 5\)"):
+        model(ms_ids(ids), attention_mask=ms_ids(np.ones((2, 4))))  # was: shapes counting the virtual tokens
+    assert model(ms_ids(ids), attention_mask=ms_ids(np.ones((2, 5))))["logits"].shape[0] == 2
+
+
+# ----- training steps: values checked before a compiled step, a refused PyNative step leaves training usable ------
+
+
+def _classifier(tiny_model_dir):
+    np.random.seed(0)
+    config = LoraConfig(task_type="SEQ_CLS", r=2, init_lora_weights=False)
+    return get_peft_model(models.BertForSequenceClassification.from_pretrained(tiny_model_dir("bert", "seq_cls")),
+                          config)
+
+
+def _trainable(model):
+    return {p.name: p.asnumpy().copy() for p in model.trainable_params()}
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_a_refused_training_step_changes_nothing(tiny_model_dir, jit):
+    """Compiled, the values are checked before the graph runs (a graph cannot: a label of -1 trained the last class).
+    In PyNative the model's own check raises inside value_and_grad, which used to leave MindSpore's gradient
+    recording open: later steps failed ("For LayerNormGrad, the index 7 is out of range") and so did building a
+    model ("A leaf tensor that requires grad is being used in an inplace operator")."""
+    model = _classifier(tiny_model_dir)
+    model.set_train(False)  # no dropout: the step's loss is the forward's
+    step = TrainStep(model, AdamW(model.trainable_params(), lr=1e-2), jit=jit)
+    ids = ms_ids(rand_ids((2, 5)))
+    expected = float(model(ids, labels=ms_ids([2, 0]))["loss"])
+    weights = _trainable(model)
+    for labels in ([-1, 0], [0, 3]):
+        with pytest.raises(ValueError, match=r"labels must be in \[0, 3\) or -100 \(ignored\).*got (-1|3)"):
+            step(input_ids=ids, labels=ms_ids(labels))
+    with pytest.raises(ValueError, match=r"input_ids must be in \[0, 96\)"):
+        step(input_ids=ms_ids([[4, 96]]), labels=ms_ids([0]))
+    assert all(np.array_equal(value, weights[name]) for name, value in _trainable(model).items())
+    assert abs(float(step(input_ids=ids, labels=ms_ids([2, 0]))) - expected) < 1e-5
+    assert any(not np.array_equal(value, weights[name]) for name, value in _trainable(model).items())
+    _classifier(tiny_model_dir)  # weights can still be written in place

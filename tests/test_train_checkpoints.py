@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from mindpeft import LoraConfig, get_peft_model
+from mindpeft.models import AutoModelForCausalLM, AutoModelForSequenceClassification
+from mindpeft.training import Trainer, TrainingArguments
 from mindpeft.training.checkpoint import CHECKPOINT_RE, CheckpointError, folder_checksums
 from mindpeft.training.data import load_csv
 from mindpeft.training.trainer import check_checkpoint
@@ -141,11 +144,14 @@ def _temporaries(out, step):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted run (in-process) into a folder holding a dead run's temporary checkpoint folder, which it
-    removes: (output folder, adapter tensors, metrics.json)."""
+    removes, and stray optimizer/state files, which it does not resume from: (output folder, adapter tensors,
+    metrics.json)."""
     out = tmp_path_factory.mktemp("reference") / "out"
     stale = out / ".checkpoint-8.mindpeft-999999999-new-0123abcd"
     stale.mkdir(parents=True)
     (stale / "trainer_state.json").write_text("{}")
+    (out / "optimizer.ckpt").write_bytes(b"stray")  # an older train.py's in-place files: never read
+    (out / "trainer_state.json").write_text('{"global_step": 4, "epoch": 1.0}')
     capture = io.StringIO()
     with contextlib.redirect_stdout(capture):
         history = train.main(_args(out))
@@ -373,3 +379,59 @@ def test_help_shows_defaults(capsys):
     for expected in ("checkpoints kept (0: all) (default: 2)", "(default: 3)", "(default: 0.005)",
                      "{causal_lm,seq2seq,seq_cls}", "worker processes (started with msrun) (default: 1)"):
         assert expected in text
+
+
+def test_damaged_model_folder_and_uncreatable_output_dir_are_refused(tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(MODEL, model)
+    (model / "model.safetensors").write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"train.py: error: .*model.safetensors is not a readable safetensors file"):
+        train.main(_with(_args(tmp_path / "out", 1), ["--model", str(model)]))
+    assert _checkpoints(tmp_path / "out") == []
+    os.remove(model / "tokenizer.json")
+    with pytest.raises(SystemExit, match=r"train.py: error: No tokenizer.json in"):
+        train.main(_with(_args(tmp_path / "out2", 1), ["--model", str(model)]))
+    assert not (tmp_path / "out2").exists()
+    with pytest.raises(SystemExit, match=r"cannot create --output-dir .*movie_reviews.csv/out: Not a directory"):
+        train.main(_args(os.path.join(DATA, "out"), 1))
+
+
+def _rows(labels, per_token=False, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label in labels:
+        ids = rng.integers(3, 30, 6).astype(np.int32)
+        rows.append({"input_ids": ids, "attention_mask": np.ones(6, np.int32),
+                     "labels": np.full(6, label) if per_token else np.array(label)})
+    return rows
+
+
+@pytest.mark.parametrize("head, train_rows, eval_rows, message", [
+    ("seq_cls", _rows([0, 1, -1, 1]), None,
+     r"The training set row 2: labels must be in \[0, 2\) or -100 \(ignored\) \(num_labels=2 of "
+     r"GPT2ForSequenceClassification\), got -1"),
+    ("seq_cls", _rows([0, 1, 0, 2]), None, r"The training set row 3: labels must be in \[0, 2\) .*got 2"),
+    ("seq_cls", [{**row, "labels": np.float32(0.5)} for row in _rows([0, 1])], None,
+     r"labels must be whole-number indices, got 0.5 \(float labels of multi-label classification are not "
+     r"supported\)"),
+    ("seq_cls", _rows([0, 1, -100, 1]), _rows([1, 5]), r"The evaluation set row 1: labels must be in \[0, 2\)"),
+    ("causal", _rows([5, 200], per_token=True), None,
+     r"The training set row 1: labels must be in \[0, 39\) or -100 \(ignored\) \(vocab_size=39\), got 200"),
+    ("causal", [{**row, "input_ids": np.r_[row["input_ids"][:5], 39]} for row in _rows([5, 5], per_token=True)],
+     None, r"The training set row 0: input_ids must be in \[0, 39\) \(vocab_size=39\), got 39"),
+], ids=["label -1", "label 2 of 2 classes", "label 0.5", "evaluation label", "token label", "token id"])
+def test_trainer_refuses_out_of_range_ids_and_labels_before_training(tmp_path, head, train_rows, eval_rows,
+                                                                     message):
+    """The compiled step cannot check values: without the Trainer's check a label of -1 trained the last class and
+    other values failed deep in a GatherD kernel. Refused before any step: no weight changes, nothing written."""
+    auto = AutoModelForSequenceClassification if head == "seq_cls" else AutoModelForCausalLM
+    task = "SEQ_CLS" if head == "seq_cls" else "CAUSAL_LM"
+    model = get_peft_model(auto.from_pretrained(MODEL), LoraConfig(task_type=task, r=2))
+    weights = {p.name: p.asnumpy().copy() for p in model.trainable_params()}
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, num_train_epochs=1,
+                             eval_strategy="epoch" if eval_rows else "no", disable_tqdm=True, report_to=[])
+    trainer = Trainer(model, args, train_dataset=train_rows, eval_dataset=eval_rows)
+    with pytest.raises(ValueError, match=message):
+        trainer.train() if eval_rows is None else trainer.evaluate()
+    assert trainer.state.global_step == 0 and not (tmp_path / "out").exists()
+    assert all(np.array_equal(p.asnumpy(), weights[p.name]) for p in model.trainable_params())

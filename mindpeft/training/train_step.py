@@ -10,8 +10,10 @@ import types
 import mindspore as ms
 from mindspore import ops
 from mindspore.amp import DynamicLossScaler, StaticLossScaler, all_finite
+from mindspore.graph.api import _pynative_executor
 
 from ..models.model_outputs import to_model_output
+from .value_checks import check_batch, value_limits
 
 
 def model_loss(model):
@@ -52,13 +54,19 @@ def value_and_grad(loss_fn, params):
 class _StateAwareJit:
     """Calls ``self._build()``'s function, rebuilt when the model's adapter state, its train mode or its gradient
     checkpointing changes (not on every global graph-version move: other models' changes must not recompile this
-    one, which hot-swapping relies on)."""
+    one, which hot-swapping relies on).
+
+    Compiled, a batch's token ids and labels are first checked against the model (a graph cannot look at values;
+    see :mod:`mindpeft.training.value_checks`). In PyNative an error raised inside the step (a model's input check)
+    would leave MindSpore's gradient recording open, breaking later steps and in-place weight writes: it is closed
+    before the error goes on, as ``mindspore.jit`` does for its own errors."""
 
     def __init__(self, model, jit=True):
         self.model = model
         self.jit = jit
         self._fn = None
         self._key = None
+        self._limits = value_limits(model) if jit else {}
 
     def _build(self):
         raise NotImplementedError
@@ -75,8 +83,9 @@ class _StateAwareJit:
                 fn.__name__ = fn.__qualname__ = f"{fn.__name__}_{next(_BUILD_IDS)}"
             self._fn = ms.jit(fn) if self.jit else fn
             self._key = key
+        check_batch(batch, self._limits)
         try:
-            return self._fn(**batch)
+            return self._run(batch)
         except (AttributeError, RuntimeError, ValueError) as err:
             message = str(err)
             if self.jit and ("'Dictionary' object has no attribute" in message or "The key 0 does not exist" in message):
@@ -88,6 +97,14 @@ class _StateAwareJit:
                                    "mindspore.experimental.optim optimizers cannot be compiled into a graph after "
                                    "that. Create the optimizer anew for the compiled step. MindSpore said: "
                                    f"{message.splitlines()[0]}") from err
+            raise
+
+    def _run(self, batch):
+        try:
+            return self._fn(**batch)
+        except BaseException:
+            if not self.jit:
+                _pynative_executor.clear_res()
             raise
 
 

@@ -1,8 +1,8 @@
 """``Trainer`` and ``Seq2SeqTrainer``: transformers' training loop for MindSpore models and PeftModels.
 
 The step is a :class:`~mindpeft.training.trainer_step.TrainerStep` compiled with ``mindspore.jit`` (gradient
-accumulation, data-parallel averaging and clipping inside the graph) with an AdamW from
-``mindspore.experimental.optim``. Checkpoints go to ``output_dir/checkpoint-<step>/``: the adapter
+accumulation, data-parallel averaging and clipping inside the graph) with mindpeft's fused AdamW
+(:class:`mindpeft.optimizers.AdamW`, torch's update). Checkpoints go to ``output_dir/checkpoint-<step>/``: the adapter
 (``adapter_config.json`` + ``adapter_model.safetensors``), ``optimizer.ckpt`` (moments, step and trainable
 weights), ``scheduler.json``, ``trainer_state.json`` (transformers' layout, ``log_history`` included),
 ``rng_state.json`` (one per rank), ``training_args.json`` and ``checksums.json``. Each is written into a temporary
@@ -27,9 +27,9 @@ from collections.abc import Mapping
 import numpy as np
 import mindspore as ms
 import mindspore.dataset as ds
-from mindspore.experimental import optim
 
 from ..models.modeling_utils import write_parameter
+from ..optimizers.adamw import AdamW
 from ..utils.io import atomic_directory, read_json_object, write_json
 from ..utils.seeding import reseed_dropout, set_seed
 from .callbacks import (CallbackHandler, DefaultFlowCallback, PrinterCallback, ProgressCallback, TensorBoardCallback,
@@ -42,6 +42,7 @@ from .schedules import get_scheduler
 from .train_step import ForwardStep
 from .trainer_step import TrainerStep
 from .training_args import TrainingArguments
+from .value_checks import LABEL_COLUMNS, check_rows, value_limits
 
 logger = logging.getLogger(__name__)
 
@@ -363,6 +364,7 @@ class Trainer:
                 logger.info("The following columns in the %s have no argument in %s.construct and have been "
                             "ignored: %s", what, type(base_model(self.model)).__name__, ", ".join(unused))
                 rows = [{k: v for k, v in row.items() if k in columns} for row in rows]
+        check_rows(rows, value_limits(self.model, LABEL_COLUMNS + tuple(self._label_names())), what)
         return rows
 
     def _collate(self, rows, positions):
@@ -390,9 +392,9 @@ class Trainer:
             if args.weight_decay and no_decay and decay:
                 groups = [{"params": decay, "weight_decay": args.weight_decay},
                           {"params": no_decay, "weight_decay": 0.0}]
-                self.optimizer = optim.AdamW(groups, **kwargs)
+                self.optimizer = AdamW(groups, **kwargs)
             else:
-                self.optimizer = optim.AdamW(params, weight_decay=args.weight_decay if decay else 0.0, **kwargs)
+                self.optimizer = AdamW(params, weight_decay=args.weight_decay if decay else 0.0, **kwargs)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps, optimizer=None):
