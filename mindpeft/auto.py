@@ -3,7 +3,7 @@ from . import models
 from .config import PeftConfig
 from .models import PreTrainedModel
 from .models import auto as model_auto
-from .peft_model import (PeftModel, PeftModelForCausalLM, PeftModelForFeatureExtraction,
+from .peft_model import (TASK_TYPE_TO_PEFT_MODEL, PeftModel, PeftModelForCausalLM, PeftModelForFeatureExtraction,
                          PeftModelForQuestionAnswering, PeftModelForSeq2SeqLM, PeftModelForSequenceClassification,
                          PeftModelForTokenClassification)
 
@@ -21,6 +21,7 @@ class _BaseAutoPeftModel:
         """Load the base model from ``base_model_path`` (default: the config's ``base_model_name_or_path``,
         a local folder) and the adapter from ``pretrained_model_name_or_path``."""
         config = PeftConfig.from_pretrained(pretrained_model_name_or_path)
+        cls._check_task_type(config)
         base_path = base_model_path or config.base_model_name_or_path
         if not base_path:
             raise ValueError("The adapter config has no base_model_name_or_path; pass base_model_path=")
@@ -32,6 +33,28 @@ class _BaseAutoPeftModel:
     @classmethod
     def _base_model_class(cls, config):
         return cls.model_auto_class
+
+    @classmethod
+    def _check_task_type(cls, config):
+        """HF peft's checks: an adapter with a task type loads only through the class of that task."""
+        expected = _task_peft_model_class(config)
+        if expected is not None and expected is not cls.peft_model_class:
+            raise ValueError(f"Expected target PEFT class: {expected.__name__}, but you have asked for: "
+                             f"{cls.peft_model_class.__name__} make sure that you are loading the correct model for "
+                             f"your task type (task_type={_task(config)!r}: use {_auto_class_for(expected)}).")
+
+
+def _task(config):
+    return getattr(config.task_type, "value", config.task_type)
+
+
+def _task_peft_model_class(config):
+    return TASK_TYPE_TO_PEFT_MODEL.get(_task(config)) if config.task_type is not None else None
+
+
+def _auto_class_for(peft_model_class):
+    return next((auto.__name__ for auto in _BaseAutoPeftModel.__subclasses__()
+                 if auto.peft_model_class is peft_model_class), f"the class loading {peft_model_class.__name__}")
 
 
 class AutoPeftModel(_BaseAutoPeftModel):
@@ -48,6 +71,13 @@ class AutoPeftModel(_BaseAutoPeftModel):
         if isinstance(model_class, type) and issubclass(model_class, PreTrainedModel):
             return model_class
         return cls.model_auto_class
+
+    @classmethod
+    def _check_task_type(cls, config):
+        expected = _task_peft_model_class(config)
+        if expected is not None:
+            raise ValueError(f"Cannot use `AutoPeftModel` with a task type, please use a specific class for your task "
+                             f"type: {_auto_class_for(expected)} for task_type={_task(config)!r}.")
 
 
 class AutoPeftModelForCausalLM(_BaseAutoPeftModel):

@@ -3,7 +3,7 @@
 1. The mindnlp LoRA tutorial (mT0 + financial_phrasebank): ``tests/seed_code/mindnlp_lora_tutorial.py`` holds its
    code blocks as written; they run one after another in one namespace on a tiny mT5 and a 40-row CSV, with checks
    on the numbers between blocks.
-2. A GPT-2 SST-2 LoRA flow: its model/LoRA code as written, HF ``Trainer`` replaced by mindpeft's loop.
+2. The GPT-2 SST-2 LoRA flow: its model, LoRA and ``Trainer`` code as written, on mindpeft's ``Trainer``.
 3. ``mindpeft.dataset.load_dataset`` on its own: file kinds, features, splits and errors.
 """
 import collections
@@ -26,13 +26,12 @@ from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
 import mindspore as ms
-import mindspore.experimental.optim as optim
 
 import mindpeft
-from mindpeft import LoraConfig, PeftModel, TaskType, get_linear_schedule_with_warmup, get_peft_model
+from mindpeft import LoraConfig, PeftModel, TaskType, Trainer, TrainingArguments, get_peft_model
 from mindpeft.dataset import BaseMapFunction, ClassLabel, LocalDataset, Value, load_dataset
 from mindpeft.models import AutoModelForSequenceClassification, AutoTokenizer
-from mindpeft.training import ClassificationTokenize, TrainStep, classification_accuracy, evaluate, train_epoch
+from mindpeft.training import ClassificationTokenize, DataCollatorWithPadding
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, os.pardir, "tutorials", "data")
@@ -211,16 +210,30 @@ def test_mindnlp_lora_tutorial_runs_as_written(tmp_path, monkeypatch):
     assert printed["Inference"].rstrip().endswith(repr(decoded))
 
 
-def test_gpt2_sst2_lora_flow(tmp_path):
-    """Seed 003: the model and LoRA code as written; HF Trainer(2 epochs, batch 32, weight decay 0.01) replaced by
-    TrainStep + AdamW + linear schedule, train_epoch, evaluate and classification_accuracy."""
+def test_gpt2_sst2_lora_flow(tmp_path, monkeypatch):
+    """Seed 003: its model, LoRA and Trainer code as written (mindpeft's Trainer, TrainingArguments and
+    DataCollatorWithPadding; only the learning rate changed), on the review sentences split 80/20."""
+    monkeypatch.chdir(tmp_path)  # the Trainer writes ./lora_model_output
     mindpeft.set_seed(0)
     path = GPT2_DIR  # 'gpt2' in the flow: a tiny GPT-2 trained on review sentences
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    dataset = load_dataset(os.path.join(DATA, "movie_reviews.csv"))
+    train_split, validation_split = dataset.shuffle(64).split([0.8, 0.2])
+    columns = (["sentence", "label"], ["input_ids", "attention_mask", "labels"])
+    tokenized_ds = {"train": train_split.map(ClassificationTokenize(tokenizer, max_length=16), *columns),
+                    "validation": validation_split.map(ClassificationTokenize(tokenizer, max_length=16), *columns)}
+
+    def compute_metrics(eval_pred):
+        predictions, labels = eval_pred
+        predictions = np.argmax(predictions, axis=1)
+        return {"accuracy": (predictions == labels).mean()}
+
+    # ---- the flow's code, as written ----
     # Load the pre-trained model 'gpt-2' for sequence classification.
     model = AutoModelForSequenceClassification.from_pretrained(path,
-                                                               num_labels=2,
-                                                               id2label={0: "NEGATIVE", 1: "POSITIVE"},
-                                                               label2id={"NEGATIVE": 0, "POSITIVE": 1})
+                                                          num_labels=2,
+                                                          id2label={0: "NEGATIVE", 1: "POSITIVE"},
+                                                          label2id={"NEGATIVE": 0, "POSITIVE": 1})
 
     # Create a PEFT Config for LoRA
     config = LoraConfig(
@@ -234,6 +247,35 @@ def test_gpt2_sst2_lora_flow(tmp_path):
 
     peft_model = get_peft_model(model, config)
     ours = printed_by(peft_model.print_trainable_parameters)
+
+    # Initialize the Trainer
+    trainer = Trainer(
+        model=peft_model,  # Make sure to pass the PEFT model here
+        args=TrainingArguments(
+            output_dir="./lora_model_output",
+            learning_rate=5e-3,  # changed: the flow's 2e-5 is for GPT-2 small; the tiny model needs larger steps
+            per_device_train_batch_size=32,
+            per_device_eval_batch_size=32,
+            num_train_epochs=2,
+            weight_decay=0.01,
+            evaluation_strategy="epoch",
+            save_strategy="epoch",
+            load_best_model_at_end=True,
+            logging_dir='./logs',  # If you want to log metrics and/or losses during training
+        ),
+        train_dataset=tokenized_ds["train"],
+        eval_dataset=tokenized_ds["validation"],
+        tokenizer=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer=tokenizer, padding=True, max_length=512),
+        compute_metrics=compute_metrics,
+    )
+
+    accuracy_before = trainer.evaluate()["eval_accuracy"]
+    # Start the training process
+    with pytest.warns(UserWarning, match="`max_length` is ignored when `padding`=`True`"):  # as transformers warns
+        trainer.train()
+    # ---- end of the flow's code ----
+
     assert model.config.id2label == {0: "NEGATIVE", 1: "POSITIVE"}
     hf_config = hf_peft.LoraConfig(r=8, lora_alpha=32, target_modules=["c_attn", "c_proj"], lora_dropout=0.1,
                                    bias="none", task_type=hf_peft.TaskType.SEQ_CLS)
@@ -242,51 +284,33 @@ def test_gpt2_sst2_lora_flow(tmp_path):
     assert ours == printed_by(torch_peft.print_trainable_parameters)
     assert ours.startswith("trainable params: 11,392 || all params: 118,208")
 
-    # data: the review sentences, split 80/20, tokenized and batched by 32
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    dataset = load_dataset(os.path.join(DATA, "movie_reviews.csv"))
-    train_split, validation_split = dataset.shuffle(64).split([0.8, 0.2])
-
-    def prepare(split, shuffle):
-        split = split.map(ClassificationTokenize(tokenizer, max_length=16), ["sentence", "label"],
-                          ["input_ids", "attention_mask", "labels"])
-        return (split.shuffle(64) if shuffle else split).batch(32)
-
-    train_ds, eval_ds = prepare(train_split, True), prepare(validation_split, False)
-    accuracy_before = classification_accuracy(peft_model, eval_ds, progress=False)
-
-    num_epochs = 2
-    # lr 5e-3: the flow's 2e-5 is for GPT-2 small; the tiny model needs larger steps in 2 epochs
-    optimizer = optim.AdamW(peft_model.trainable_params(), lr=5e-3, weight_decay=0.01)
-    lr_scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=0,
-                                                   num_training_steps=len(train_ds) * num_epochs)
-    step = TrainStep(peft_model, optimizer)
-    history = []
-    for _ in range(num_epochs):
-        train_loss = train_epoch(step, train_ds, progress=False, on_step=lambda index, output: lr_scheduler.step())
-        history.append((train_loss, evaluate(peft_model, eval_ds, progress=False)["loss"]))
-    accuracy_after = classification_accuracy(peft_model, eval_ds, progress=False)
-    assert lr_scheduler.last_epoch == len(train_ds) * num_epochs == 16
-    assert history[1][0] < history[0][0] and history[1][1] < history[0][1], history
+    # one evaluation per epoch (240 rows: 8 steps of 32 each), a checkpoint per epoch, the best one loaded at the end
+    evals = [entry for entry in trainer.state.log_history if "eval_accuracy" in entry]
+    assert [(e["epoch"], e["step"]) for e in evals] == [(1.0, 8), (2.0, 16)]
+    assert evals[1]["eval_loss"] < evals[0]["eval_loss"], evals
+    best = trainer.state.best_model_checkpoint
+    assert sorted(os.listdir("lora_model_output")) == ["checkpoint-16", "checkpoint-8"]
+    assert best == os.path.join("./lora_model_output", "checkpoint-16")
+    accuracy_after = trainer.evaluate()["eval_accuracy"]
+    assert accuracy_after == evals[1]["eval_accuracy"]
     assert accuracy_after > accuracy_before and accuracy_after > 0.8, (accuracy_before, accuracy_after)
 
-    # adapter round trip: HF peft's key names (the score head included), same logits and accuracy after loading
-    peft_model.save_pretrained(tmp_path / "lora_model_output")
-    saved = load_file(tmp_path / "lora_model_output" / "adapter_model.safetensors")
+    # the best checkpoint's adapter: HF peft's key names (the score head included); it reloads to the same logits
+    saved = load_file(os.path.join(best, "adapter_model.safetensors"))
     assert set(saved) == set(hf_peft.get_peft_model_state_dict(torch_peft))
     assert "base_model.model.score.weight" in saved
     base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2,
                                                               id2label={0: "NEGATIVE", 1: "POSITIVE"},
                                                               label2id={"NEGATIVE": 0, "POSITIVE": 1})
-    loaded = PeftModel.from_pretrained(base, str(tmp_path / "lora_model_output"))
+    loaded = PeftModel.from_pretrained(base, best)
     peft_model.set_train(False)
     correct = total = 0
-    for batch in eval_ds.create_dict_iterator():
+    for batch in tokenized_ds["validation"].batch(32).create_dict_iterator():
         logits = loaded(**batch).logits.asnumpy()
         np.testing.assert_allclose(logits, peft_model(**batch).logits.asnumpy(), atol=1e-6)
         correct += int((logits.argmax(-1) == batch["labels"].asnumpy()).sum())
         total += len(logits)
-    assert correct / total == accuracy_after
+    assert total == 60 and correct / total == accuracy_after
 
 
 # ----- load_dataset on its own -------------------------------------------------------------------------------------

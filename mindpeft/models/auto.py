@@ -38,9 +38,9 @@ class _AutoModel:
         """The model class of ``model_type`` in ``path``'s ``config.json`` (a folder or a cached hub id). An
         adapter folder (``adapter_config.json``, no ``config.json``) gives its base model with the adapter loaded
         (see :meth:`PreTrainedModel.from_pretrained <mindpeft.models.PreTrainedModel.from_pretrained>`)."""
-        path = resolve_folder(path, kwargs.pop("revision", None), kwargs.pop("subfolder", None))
-        model_type = _read_config(adapter_base_model_path(path) or path).get("model_type")
-        return cls._model_class(model_type).from_pretrained(path, **kwargs)
+        folder = resolve_folder(path, kwargs.get("revision"), kwargs.get("subfolder"))
+        model_type = _read_config(adapter_base_model_path(folder) or folder).get("model_type")
+        return cls._model_class(model_type).from_pretrained(path, **kwargs)  # the name given: a hub id is kept
 
 
 def _read_config(folder):

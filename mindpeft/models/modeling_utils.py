@@ -12,7 +12,7 @@ from mindspore import Tensor, nn
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from ..utils.hub import resolve_folder
+from ..utils.hub import recorded_name, resolve_folder
 from ..utils.io import atomic_directory, read_json_object, write_text
 from .configuration_utils import CONFIG_NAME, ConfigError, PretrainedConfig
 from .gradient_checkpointing import (disable_gradient_checkpointing, enable_gradient_checkpointing,
@@ -281,6 +281,7 @@ class PreTrainedModel(ModelOutputMixin, PeftAdapterMixin, nn.Cell):
         ``base_model_name_or_path`` names and then the adapter (:meth:`load_adapter`, as ``adapter_name``), as
         transformers does.
         """
+        name = path
         path = resolve_folder(path, config_kwargs.pop("revision", None), config_kwargs.pop("subfolder", None))
         adapter_name = config_kwargs.pop("adapter_name", "default")
         base_path = adapter_base_model_path(path)
@@ -295,7 +296,7 @@ class PreTrainedModel(ModelOutputMixin, PeftAdapterMixin, nn.Cell):
                 config = cls.config_class.from_pretrained(path, **config_kwargs)
             except ConfigError as err:
                 raise err.with_source(os.path.join(path, CONFIG_NAME)) from None
-        config._name_or_path = os.path.abspath(path)
+        config._name_or_path = recorded_name(name, path)
         checkpoint = SafetensorsCheckpoint(weights)
         if dtype == "auto":
             dtype = cls._checkpoint_dtype(config, checkpoint)

@@ -1223,7 +1223,7 @@ def _from_folder(cls, path, kwargs, profile=None, fixed_profile=False):
     for key in _HUB_KWARGS:
         kwargs.pop(key, None)
     subfolder = kwargs.pop("subfolder", None)
-    path = os.fspath(path)
+    name = path = os.fspath(path)
     if not os.path.isfile(path):
         path = resolve_folder(path, revision, subfolder)
     if os.path.isfile(path):
@@ -1312,7 +1312,7 @@ def _from_folder(cls, path, kwargs, profile=None, fixed_profile=False):
     from tokenizers import Tokenizer as _Backend
 
     backend = _Backend.from_str(json.dumps(backend_json))
-    init["name_or_path"] = path
+    init["name_or_path"] = path if os.path.exists(name) else name  # a hub id is kept, as in transformers
     if keep_class_name:
         init["_tokenizer_class"] = class_name
     if cls is PreTrainedTokenizerFast and profile is not None:

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..config import describe, is_integer
 from ..models.modeling_utils import SafetensorsCheckpoint, checkpoint_file, write_parameter
+from ..utils.hub import resolve_folder
 from . import functional as F
 from .lora import QuantizedLoraLinear
 
@@ -77,7 +78,9 @@ def _checkpoint_reader(peft_model, model_path):
         if not model_path:
             raise ValueError("The provided model does not appear to be a transformers model or is a local model. In "
                              "this case, you must pass the model_path argument that points to the safetensors file.")
-    return SafetensorsCheckpoint(checkpoint_file(model_path) if os.path.isdir(model_path) else model_path)
+    if os.path.isfile(model_path):
+        return SafetensorsCheckpoint(model_path)
+    return SafetensorsCheckpoint(checkpoint_file(resolve_folder(model_path)))  # a folder, or a hub id in the cache
 
 
 def _float_weight(reader, base_model, path, layer):
@@ -100,8 +103,8 @@ def _float_weight(reader, base_model, path, layer):
 
 def replace_lora_weights_loftq(peft_model, model_path=None, adapter_name="default", callback=None):
     """Replace the LoRA weights of the adapter on 4-bit quantized layers with LoftQ's (one alternation), reading the
-    original float weights from the model's safetensors file (``model_path``, by default the folder the base model
-    was loaded from), HF peft's function.
+    original float weights from the model's safetensors file (``model_path``, by default where the base model was
+    loaded from: its folder, or its hub id in the local Hugging Face cache), HF peft's function.
 
     ``callback(model, module_name)`` is called after each layer; when it returns ``False`` that layer's LoRA weights
     go back to what they were.

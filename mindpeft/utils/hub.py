@@ -29,6 +29,14 @@ def resolve_folder(name_or_path, revision=None, subfolder=None):
     return folder
 
 
+def recorded_name(name_or_path, folder):
+    """The name a model or tokenizer loaded from ``name_or_path`` (found in ``folder``) keeps as its
+    ``name_or_path``: a hub id stays the hub id, as in transformers, so that adapters trained on it name their base
+    model as HF peft does and load on other machines; a local folder becomes its absolute path."""
+    name_or_path = os.fspath(name_or_path)
+    return os.path.abspath(folder) if os.path.isdir(name_or_path) else name_or_path
+
+
 def _looks_like_hub_id(name):
     parts = name.split("/")
     return 1 <= len(parts) <= 2 and all(parts) and not name.startswith((".", "~")) and "\\" not in name

@@ -20,7 +20,8 @@ class PromptTuningConfig(PromptLearningConfig):
         default=PromptTuningInit.RANDOM, metadata={"help": "TEXT (from prompt_tuning_init_text) or RANDOM"})
     prompt_tuning_init_text: Optional[str] = field(default=None, metadata={"help": "Text for TEXT initialisation"})
     tokenizer_name_or_path: Optional[str] = field(
-        default=None, metadata={"help": "Local folder with tokenizer.json, for TEXT initialisation"})
+        default=None, metadata={"help": "Folder with tokenizer.json (or a hub id in the local Hugging Face "
+                                  "cache), for TEXT initialisation"})
     tokenizer_kwargs: Optional[dict] = field(default=None, metadata={"help": "Unused; kept for HF compatibility"})
 
     def __post_init__(self):

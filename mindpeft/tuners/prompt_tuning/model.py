@@ -7,14 +7,16 @@ from mindspore import nn
 
 from ...models.layers import Embedding
 from ...models.modeling_utils import write_parameter
+from ...utils.hub import resolve_folder
 from .config import PromptTuningInit
 
 
 def load_tokenizer(path):
-    """A ``tokenizers.Tokenizer`` from a local ``tokenizer.json`` (or a folder holding one)."""
+    """A ``tokenizers.Tokenizer`` from a ``tokenizer.json``, a folder holding one, or a hub id whose files are in the
+    local Hugging Face cache."""
     from tokenizers import Tokenizer
 
-    file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+    file = path if os.path.isfile(path) else os.path.join(resolve_folder(path), "tokenizer.json")
     if not os.path.isfile(file):
         raise ValueError(f"No tokenizer.json at {path!r} (mindpeft loads tokenizers from local files)")
     return Tokenizer.from_file(file)
