@@ -486,6 +486,6 @@ def test_tokenizer_save_that_fails_leaves_the_folder_as_it_was(tmp_path):
     tokenizer.save_pretrained(folder)
     before = _files(folder)
     tokenizer.model_max_length = object()  # tokenizer_config.json cannot hold it
-    with pytest.raises(TypeError, match="not JSON serializable"):
+    with pytest.raises(TypeError, match="'model_max_length': Object of type object is not JSON serializable"):
         tokenizer.save_pretrained(folder)
     assert _files(folder) == before and _temporaries(folder) == []

@@ -270,6 +270,15 @@ def test_cross_entropy_rejects_labels_out_of_range():
     with pytest.raises(ValueError, match=r"labels of shape \(3,\) hold 3 labels but there are 4 rows"):
         cross_entropy(logits, ms_ids([0, 1, 2]))
     assert abs(float(cross_entropy(logits, ms_ids([0, 1, -100, 2]))) - np.log(3)) < 1e-5
+    with pytest.raises(ValueError, match=r"labels must be whole-number class indices, got 0.5, 1.5"):
+        cross_entropy(logits, Tensor(np.array([0.0, 0.5, 1.5, 2.0], np.float32)))
+    assert abs(float(cross_entropy(logits, Tensor(np.array([0.0, 1.0, 2.0, 2.0], np.float32)))) - np.log(3)) < 1e-5
+
+
+def test_float_input_ids_are_refused(tiny_model_dir):
+    model = models.GPT2LMHeadModel.from_pretrained(tiny_model_dir("gpt2", "causal"))
+    with pytest.raises(ValueError, match=r"input_ids must be integer ids, got a Float32 tensor"):
+        model(Tensor(np.ones((1, 4), np.float32)))
 
 
 def test_head_label_errors(tiny_model_dir):

@@ -129,6 +129,8 @@ def check_ids_in_range(x, name, high, what):
     """PyNative only: raise a ValueError naming the values of ``x`` outside ``[0, high)``."""
     if x is None or in_jit():
         return
+    if isinstance(x, Tensor) and x.dtype in (ms.float16, ms.float32, ms.float64, ms.bfloat16):
+        raise ValueError(f"{name} must be integer ids, got a {x.dtype} tensor")
     bad = _out_of_range_values(x, 0, high)
     if bad:
         raise ValueError(f"{name} must be in [0, {high}) ({what}), got {_describe(bad)}")
@@ -190,8 +192,8 @@ def scaled_dot_product_attention(query, key, value, bias, scale, dropout=None):
     if scale != 1.0:
         scores = scores * scale
     scores = as_float32(scores)
-    if bias is not None:  # same-shape Add: a broadcasting one keeps 4x its output allocated on CPU (see add_bias)
-        scores = scores + ops.broadcast_to(bias, scores.shape)
+    if bias is not None:  # same-shape Add, computed after the scores (see layers.broadcast_like)
+        scores = scores + ops.broadcast_to(ops.depend(bias, scores), scores.shape)
     probs = ops.softmax(scores, -1)
     if value.dtype != ms.float32:
         probs = probs.astype(value.dtype)
@@ -245,6 +247,10 @@ def _check_label_count(logits_shape, labels_shape):
 
 def _check_label_values(labels, num_classes, ignore_index):
     a = labels.asnumpy() if isinstance(labels, Tensor) else np.asarray(labels)
+    if a.dtype.kind == "f" and (a != np.round(a)).any():
+        fractional = sorted(set(a[a != np.round(a)].tolist()))
+        raise ValueError(f"labels must be whole-number class indices, got {_describe(fractional)} (float labels "
+                         "of multi-label classification are not supported)")
     bad = sorted({int(v) for v in np.unique(a[((a < 0) | (a >= num_classes)) & (a != ignore_index)])})
     if bad:
         raise ValueError(f"labels must be in [0, {num_classes}) or {ignore_index} (ignored), got {_describe(bad)}")

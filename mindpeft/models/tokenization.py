@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..utils.hub import resolve_folder
-from ..utils.io import atomic_directory
+from ..utils.io import atomic_directory, json_dumps, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -1167,11 +1167,16 @@ class PreTrainedTokenizerFast:
         special_map = dict(self.special_tokens_map)
         if self._extra_special_tokens:
             special_map["additional_special_tokens"] = self.extra_special_tokens
-        contents = (config, special_map, self._backend_json())
+        texts = []
+        for name, data in zip(names, (config, special_map, self._backend_json())):
+            try:  # all serialised before the folder is touched
+                texts.append(json.dumps(data, indent=2, sort_keys=name != names[2], ensure_ascii=False) + "\n")
+            except (TypeError, ValueError) as err:
+                json_dumps(data)  # raises naming the key
+                raise ValueError(f"{name}: {err}") from err
         with atomic_directory(save_directory) as staging:
-            for name, data in zip(names, contents):
-                with open(os.path.join(staging, name), "w", encoding="utf-8") as f:
-                    f.write(json.dumps(data, indent=2, sort_keys=name != names[2], ensure_ascii=False) + "\n")
+            for name, text in zip(names, texts):
+                write_text(os.path.join(staging, name), text)
         return tuple(os.path.join(save_directory, name) for name in names)
 
     def __repr__(self):

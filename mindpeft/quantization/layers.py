@@ -3,11 +3,13 @@
 
 ``construct`` dequantizes the weight with classic ``ops`` (a table gather and block scaling, bit-identical to
 :mod:`mindpeft.quantization.functional`) and runs one float MatMul; the backward dequantizes the weight again
-instead of keeping it (bitsandbytes' ``MatMul4Bit`` does the same). In PyNative, memory then holds the quantized
-weights and one layer's float weight at a time, in training too. Measured on MindSpore 2.10 CPU, a
-``mindspore.jit`` graph keeps every intermediate tensor until the call ends (plain float ops too), so there each
-layer's dequantized weight stays allocated during a compiled step. This is the path on every device; Ascend's
-quantized matmul kernels (``WeightQuantBatchMatmul``) are not used here and not tested.
+instead of keeping it (bitsandbytes' ``MatMul4Bit`` does the same), so memory holds the quantized weights and one
+layer's float weight at a time, in training too. Two things keep that true in a ``mindspore.jit`` graph on
+MindSpore 2.10 CPU (measured): a tensor computed from Parameters alone is kept allocated for the graph's life, so
+the codes and scales are made to depend on the layer's input (``ops.depend``) before dequantizing; and a
+broadcasting multiply keeps about four times its output, so the scales are broadcast explicitly first. This is the
+path on every device; Ascend's quantized matmul kernels (``WeightQuantBatchMatmul``) are not used here and not
+tested.
 
 The Parameters are named so the checkpoint keys follow from them (see :mod:`mindpeft.quantization.serialization`):
 ``weight`` (codes), ``weight_absmax``, ``weight_nested_absmax``, ``weight_nested_offset`` and ``SCB``.
@@ -32,8 +34,16 @@ def _scale_blocks(values, scales, blocksize, count):
     padding = scales.shape[0] * blocksize - values.shape[0]
     if padding:
         values = ops.cat([values, ops.zeros(padding, values.dtype)])
-    scaled = (values.reshape(-1, blocksize) * scales.reshape(-1, 1)).reshape(-1)
+    blocks = values.reshape(-1, blocksize)
+    scaled = (blocks * ops.broadcast_to(scales.reshape(-1, 1), blocks.shape)).reshape(-1)
     return scaled if scaled.shape[0] == count else scaled[:count]
+
+
+def _add_bias(out, bias):
+    """``out + bias`` (``out`` 2-D) without a broadcasting add (see the module docstring)."""
+    if bias is None:
+        return out
+    return out + ops.broadcast_to(ops.depend(bias, out).astype(out.dtype), out.shape)
 
 
 class _DequantizingMatMul(nn.Cell):
@@ -44,21 +54,22 @@ class _DequantizingMatMul(nn.Cell):
         """The float32 weight (out, in)."""
         raise NotImplementedError
 
-    def _weight(self, codes, scales, dtype):
-        weight = self.weight_from(codes, scales)
-        return weight if weight.dtype == dtype else weight.astype(dtype)
+    def _weight(self, codes, scales, anchor):
+        """The weight in ``anchor``'s dtype, computed after ``anchor`` (see the module docstring)."""
+        weight = self.weight_from(ops.depend(codes, anchor), ops.depend(scales, anchor))
+        return weight if weight.dtype == anchor.dtype else weight.astype(anchor.dtype)
 
     def construct(self, x, codes, scales):
-        return linear(x, self._weight(codes, scales, x.dtype))
+        return linear(x, self._weight(codes, scales, x))
 
     def bprop(self, x, codes, scales, out, dout):
-        return ops.matmul(dout, self._weight(codes, scales, dout.dtype)), ops.zeros_like(codes), \
-            ops.zeros_like(scales)
+        return ops.matmul(dout, self._weight(codes, scales, dout)), ops.zeros_like(codes), ops.zeros_like(scales)
 
 
 class _Int8MatMul(_DequantizingMatMul):
     def weight_from(self, codes, scales):
-        return codes.astype(ms.float32) * scales.reshape(-1, 1) * Tensor(F.INT8_SCALE)
+        values = codes.astype(ms.float32)
+        return values * ops.broadcast_to(scales.reshape(-1, 1), values.shape) * Tensor(F.INT8_SCALE)
 
 
 class _FourBitMatMul(_DequantizingMatMul):
@@ -73,7 +84,8 @@ class _FourBitMatMul(_DequantizingMatMul):
         count = self.weight_shape[0] * self.weight_shape[1]
         if count % self.blocksize == 0:  # whole blocks: gather straight into (blocks, pairs, 2), one scaling
             pairs = ops.gather(self.code_pairs, codes.reshape(-1, self.blocksize // 2).astype(ms.int32), 0)
-            return (pairs * scales.reshape(-1, 1, 1)).reshape(self.weight_shape)
+            blocks = pairs.reshape(-1, self.blocksize)
+            return (blocks * ops.broadcast_to(scales.reshape(-1, 1), blocks.shape)).reshape(self.weight_shape)
         values = ops.gather(self.code_pairs, codes.reshape(-1).astype(ms.int32), 0).reshape(-1)
         return _scale_blocks(values, scales, self.blocksize, count).reshape(self.weight_shape)
 
@@ -148,9 +160,7 @@ class Linear8bitLt(QuantizedLinear):
         return {"weight": self.weight, "SCB": self.SCB}
 
     def construct(self, x):
-        out = self.matmul(x.reshape(-1, self.in_features), self.weight, self.SCB)
-        if self.bias is not None:
-            out = out + self.bias.astype(x.dtype)
+        out = _add_bias(self.matmul(x.reshape(-1, self.in_features), self.weight, self.SCB), self.bias)
         return out.reshape(x.shape[:-1] + (self.out_features,))
 
 
@@ -206,13 +216,16 @@ class Linear4bit(QuantizedLinear):
         return F.dequantize_4bit(self.weight.asnumpy(), self.weight_absmax.asnumpy(), self.shape, self.quant_type,
                                  self.blocksize, **self._nested())
 
-    def block_scales(self):
-        """The float32 absmax of each block (tensor)."""
+    def block_scales(self, anchor=None):
+        """The float32 absmax of each block (tensor), computed after ``anchor`` when given (see the module
+        docstring)."""
         if not self.compress_statistics:
             return self.weight_absmax
-        values = ops.gather(self.nested_code, self.weight_absmax.astype(ms.int32), 0)
-        return _scale_blocks(values, self.weight_nested_absmax, F.NESTED_BLOCKSIZE, self.n_blocks) + \
-            self.weight_nested_offset
+        codes, nested, offset = self.weight_absmax, self.weight_nested_absmax, self.weight_nested_offset
+        if anchor is not None:
+            codes, nested, offset = (ops.depend(t, anchor) for t in (codes, nested, offset))
+        values = ops.gather(self.nested_code, codes.astype(ms.int32), 0)
+        return _scale_blocks(values, nested, F.NESTED_BLOCKSIZE, self.n_blocks) + offset
 
     def dequantized_weight(self, dtype=ms.float32):
         return self.matmul.weight_from(self.weight, self.block_scales()).astype(dtype)
@@ -223,10 +236,8 @@ class Linear4bit(QuantizedLinear):
         return {name: getattr(self, name) for name in names}
 
     def construct(self, x):
-        out = self.matmul(x.reshape(-1, self.in_features).astype(self.compute_dtype), self.weight,
-                          self.block_scales())
-        if self.bias is not None:
-            out = out + self.bias.astype(self.compute_dtype)
+        x2d = x.reshape(-1, self.in_features).astype(self.compute_dtype)
+        out = _add_bias(self.matmul(x2d, self.weight, self.block_scales(x2d)), self.bias)
         return out.reshape(x.shape[:-1] + (self.out_features,)).astype(x.dtype)
 
     def extend_repr(self):
