@@ -60,6 +60,18 @@ ROWS = {
 # mindpeft only: the LoRA step in PyNative, merged / unmerged / base inference, sizes
 MINDPEFT_ROWS = {"gpt2-lora-pynative": ("gpt2", "lora", 4, 64), "gpt2-inference": ("gpt2", "inference", 4, 64)}
 PROMPT_LEN = 16
+# issue 15's rows, mindpeft only (--big): a LLaMA-shaped ~1.1B model (TinyLlama's shape) from a checkpoint on disk,
+# LoRA r=8 on the attention and MLP projections, 4 x 512 tokens; row: (weights, LoRA, gradient checkpointing)
+LLAMA_1B = {"big": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                        num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048),
+            "tiny": LLAMA["tiny"]}
+# (the full fine-tune checkpoints too: without it, weights, gradients, AdamW moments and activations of the 22-layer
+# model need more than this machine's 23 GB)
+BIG_ROWS = {"1b-fp32-lora": ("fp32", True, False), "1b-fp32-lora-checkpointing": ("fp32", True, True),
+            "1b-8bit-lora": ("8bit", True, True), "1b-4bit-lora": ("4bit", True, True),
+            "1b-fp32-full": ("fp32", False, True)}
+BIG_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+BIG_BATCH = {"big": (4, 512), "tiny": (4, 64)}
 
 
 def parse_args(argv):
@@ -67,19 +79,37 @@ def parse_args(argv):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="2-layer models, one round, all rows of a framework "
                                                             "in one child")
-    parser.add_argument("--rows", default=",".join(list(ROWS) + list(MINDPEFT_ROWS)), help="comma-separated rows")
-    parser.add_argument("--rounds", type=int, help="rounds (default: 1 with --tiny, else 3)")
-    parser.add_argument("--steps", type=int, help="timed steps per child after two warm-up steps (default: 2 with "
-                                                  "--tiny, else 5)")
+    parser.add_argument("--rows", help="comma-separated rows (default: all but the --big ones)")
+    parser.add_argument("--rounds", type=int, help="rounds (default: 1 with --tiny or --big, else 3)")
+    parser.add_argument("--steps", type=int, help="timed steps per child after the warm-up steps (two; one for "
+                                                  "--big rows) (default: 2 with --tiny, 1 with --big, else 5)")
+    parser.add_argument("--big", action="store_true",
+                        help="the ~1.1B LLaMA rows (fp32 / 8-bit / 4-bit, full / LoRA / checkpointing), mindpeft "
+                             "only; needs about 20 GB of memory and an hour on 2 cores; with --tiny a 2-layer shape")
+    parser.add_argument("--big-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "mindpeft-bench"),
+                        help="where the --big rows' checkpoint is written once and reused")
+    parser.add_argument("--big-layers", type=int, help="decoder layers of the --big model (default: 22, "
+                                                       "TinyLlama's); fewer for a quick look")
     parser.add_argument("--child", choices=["mindpeft", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
-    unknown = [r for r in args.rows if r not in ROWS and r not in MINDPEFT_ROWS]
+    known = list(ROWS) + list(MINDPEFT_ROWS) + list(BIG_ROWS)
+    default = list(BIG_ROWS) if args.big else list(ROWS) + list(MINDPEFT_ROWS)
+    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else default
+    unknown = [r for r in args.rows if r not in known]
     if unknown:
-        parser.error(f"unknown rows {unknown}; known: {sorted(ROWS) + sorted(MINDPEFT_ROWS)}")
-    args.rounds = args.rounds or (1 if args.tiny else 3)
-    args.steps = args.steps or (2 if args.tiny else 5)
+        parser.error(f"unknown rows {unknown}; known: {sorted(known)}")
+    args.rounds = args.rounds or (1 if args.tiny or args.big else 3)
+    args.steps = args.steps or (2 if args.tiny else 1 if args.big else 5)
     return args
+
+
+def big_shape(args):
+    """``(size, config)`` of the --big model."""
+    size = "tiny" if args.tiny else "big"
+    config = dict(LLAMA_1B[size])
+    if args.big_layers:
+        config["num_hidden_layers"] = args.big_layers
+    return size, config
 
 
 # ---------------------------------------------------------------- measuring inside a child
@@ -99,21 +129,23 @@ def reset_peak_memory():
         refs.write("5")
 
 
-def measure(run, steps):
-    """Times of ``steps`` calls of ``run`` after two warm-ups, and the memory above the state before them."""
+def measure(run, steps, warmups=2):
+    """Times of ``steps`` calls of ``run`` after ``warmups`` calls, the peak memory above the state before them and
+    the peak resident memory of the process."""
     import gc
 
     gc.collect()
     base = memory_mib("VmRSS")
     reset_peak_memory()
-    run()
-    run()
+    for _ in range(warmups):
+        run()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    return {"seconds": statistics.median(times), "memory_mib": memory_mib("VmHWM") - base}
+    return {"seconds": statistics.median(times), "memory_mib": memory_mib("VmHWM") - base,
+            "peak_mib": memory_mib("VmHWM")}
 
 
 def inputs(family, batch, length, what, vocab):
@@ -152,7 +184,7 @@ class MindpeftCases:
         return {k: self.ms.Tensor(v, self.ms.int32) for k, v in batch.items()}
 
     def run(self, row, family, what, batch_size, length, steps):
-        from mindspore.experimental import optim
+        from mindpeft.optimizers import AdamW
         from mindpeft.training import TrainStep
 
         model = self.model(family, lora=what != "full")
@@ -165,7 +197,7 @@ class MindpeftCases:
         if what == "inference":
             return self.inference(model, batch, steps)
         model.set_train(True)
-        step = TrainStep(model, optim.AdamW(model.trainable_params(), lr=1e-4, weight_decay=0.0),
+        step = TrainStep(model, AdamW(model.trainable_params(), lr=1e-4, weight_decay=0.0),
                          jit=not row.endswith("pynative"))
         result = measure(lambda: float(step(**batch)), steps)
         if row == "gpt2-lora":
@@ -256,6 +288,99 @@ class TorchCases:
         return measure(step, steps)
 
 
+class BigModelCases:
+    """Issue 15's rows: one LLaMA-shaped checkpoint loaded in float32, 8-bit or 4-bit (NF4, double-quantized) and
+    trained in full or with LoRA, with or without gradient checkpointing (the quantized rows go through
+    ``prepare_model_for_kbit_training``, which turns it on, as HF peft does)."""
+
+    def __init__(self, size, config, folder):
+        self.size, self.config, self.folder = size, config, folder
+
+    def run(self, row, steps):
+        import gc
+
+        import mindspore as ms
+        from mindpeft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        from mindpeft.models import LlamaForCausalLM
+        from mindpeft.optimizers import AdamW
+        from mindpeft.quantization import QuantizationConfig
+        from mindpeft.training import TrainStep
+
+        weights, lora, checkpointing = BIG_ROWS[row]
+        quantization = {"8bit": QuantizationConfig(load_in_8bit=True),
+                        "4bit": QuantizationConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                   bnb_4bit_use_double_quant=True)}.get(weights)
+        gc.collect()
+        before = memory_mib("VmRSS")
+        model = LlamaForCausalLM.from_pretrained(self.folder, quantization_config=quantization)
+        gc.collect()
+        loaded = {"model_mib": memory_mib("VmRSS") - before,
+                  "weights_mib": sum(p.nbytes for p in model.get_parameters()) / 2 ** 20,
+                  "projection_mib": sum(p.nbytes for n, p in model.parameters_and_names() if "_proj." in n) / 2 ** 20}
+        if quantization is not None:
+            prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+        elif checkpointing:
+            model.gradient_checkpointing_enable()
+        if lora:
+            model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16,
+                                                     target_modules=BIG_TARGETS))
+        model.set_train(True)
+        batch, length = BIG_BATCH[self.size]
+        ids = ms.Tensor(np.random.default_rng(0).integers(3, self.config["vocab_size"], (batch, length)),
+                        ms.int32)
+        step = TrainStep(model, AdamW(model.trainable_params(), lr=1e-4, weight_decay=0.0))
+        return {**measure(lambda: float(step(input_ids=ids, labels=ids)), steps, warmups=1), **loaded}
+
+
+def big_checkpoint(folder, config):
+    """Write a seeded LLaMA checkpoint of ``config``'s shape into ``folder`` (sharded safetensors + index,
+    ``config.json`` last, so a folder holding it is complete) unless it is already there."""
+    from safetensors.numpy import save_file
+
+    if os.path.exists(os.path.join(folder, "config.json")):
+        return folder
+    hidden, inner, vocab = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    kv = hidden // config["num_attention_heads"] * config["num_key_value_heads"]
+    shapes = {"model.embed_tokens.weight": (vocab, hidden)}
+    for i in range(config["num_hidden_layers"]):
+        prefix = f"model.layers.{i}."
+        shapes.update({prefix + "self_attn.q_proj.weight": (hidden, hidden), prefix + "self_attn.k_proj.weight":
+                       (kv, hidden), prefix + "self_attn.v_proj.weight": (kv, hidden),
+                       prefix + "self_attn.o_proj.weight": (hidden, hidden), prefix + "mlp.gate_proj.weight":
+                       (inner, hidden), prefix + "mlp.up_proj.weight": (inner, hidden),
+                       prefix + "mlp.down_proj.weight": (hidden, inner), prefix + "input_layernorm.weight": (hidden,),
+                       prefix + "post_attention_layernorm.weight": (hidden,)})
+    shapes.update({"model.norm.weight": (hidden,), "lm_head.weight": (vocab, hidden)})
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    weight_map, shard, shard_bytes, files = {}, {}, 0, []
+
+    def flush():
+        name = f"model-{len(files) + 1:05d}.safetensors"
+        save_file(shard, os.path.join(folder, name))
+        files.append(name)
+        weight_map.update({key: name for key in shard})
+        shard.clear()
+
+    for key, shape in shapes.items():
+        shard[key] = (np.ones(shape, np.float32) if len(shape) == 1
+                      else rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02))
+        shard_bytes += shard[key].nbytes
+        if shard_bytes >= 2 ** 30:
+            flush()
+            shard_bytes = 0
+    if shard:
+        flush()
+    total = sum(int(np.prod(shape)) * 4 for shape in shapes.values())
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as index:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, index)
+    with open(os.path.join(folder, "config.json.tmp"), "w") as out:
+        json.dump({"model_type": "llama", "architectures": ["LlamaForCausalLM"], "rms_norm_eps": 1e-5,
+                   "tie_word_embeddings": False, **config}, out)
+    os.replace(os.path.join(folder, "config.json.tmp"), os.path.join(folder, "config.json"))
+    return folder
+
+
 def folder_mib(path):
     return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)) / 2 ** 20
 
@@ -264,17 +389,30 @@ def run_child(args):
     size = "tiny" if args.tiny else "small"
     cases = MindpeftCases(size) if args.child == "mindpeft" else TorchCases(size)
     for row in args.rows:
-        family, what, batch, length = ROWS.get(row) or MINDPEFT_ROWS[row]
-        result = cases.run(row, family, what, batch, length, args.steps)
+        if row in BIG_ROWS:
+            result = BigModelCases(*big_shape(args), big_folder(args)).run(row, args.steps)
+        else:
+            family, what, batch, length = ROWS.get(row) or MINDPEFT_ROWS[row]
+            result = cases.run(row, family, what, batch, length, args.steps)
         print("RESULT " + json.dumps({"row": row, **result}), flush=True)
+
+
+def big_folder(args):
+    size, config = big_shape(args)
+    return os.path.join(args.big_dir, f"llama-{size}-{config['num_hidden_layers']}-layers")
 
 
 # ---------------------------------------------------------------- the parent: children, rounds, tables
 
 def run_children(framework, rows, args):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", framework, "--rows", ",".join(rows),
-           "--steps", str(args.steps)] + (["--tiny"] if args.tiny else [])
+           "--steps", str(args.steps), "--big-dir", args.big_dir] + (["--tiny"] if args.tiny else []) + \
+        (["--big-layers", str(args.big_layers)] if args.big_layers else [])
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "GLOG_v": "3"})
+    if out.returncode != 0 and len(rows) == 1 and rows[0] in BIG_ROWS:  # reported in the table, the others go on
+        killed = " (killed: out of memory?)" if out.returncode == -9 else ""
+        print(f"{rows[0]} failed with exit status {out.returncode}{killed}:\n{out.stderr[-1500:]}", file=sys.stderr)
+        return {rows[0]: {"failed": f"exit status {out.returncode}{killed}"}}
     if out.returncode != 0:
         raise SystemExit(f"{framework} child for {rows} failed:\n{out.stderr[-3000:]}")
     results = [json.loads(line[len("RESULT "):]) for line in out.stdout.splitlines() if line.startswith("RESULT ")]
@@ -285,7 +423,10 @@ def collect(args):
     """``{(framework, row): [result of each round]}``."""
     both = [r for r in args.rows if r in ROWS]
     ours = [r for r in args.rows if r in MINDPEFT_ROWS]
+    big = [r for r in args.rows if r in BIG_ROWS]
     found = {}
+    if big:
+        big_checkpoint(big_folder(args), big_shape(args)[1])
     for round_index in range(args.rounds):
         order = ("mindpeft", "torch") if round_index % 2 == 0 else ("torch", "mindpeft")
         batches = [[r] for r in both] if not args.tiny else [both]
@@ -294,7 +435,7 @@ def collect(args):
                 if rows:
                     for row, result in run_children(framework, rows, args).items():
                         found.setdefault((framework, row), []).append(result)
-        for rows in ([[r] for r in ours] if not args.tiny else [ours]):
+        for rows in ([[r] for r in ours + big] if not args.tiny else [ours, big]):
             if rows:
                 for row, result in run_children("mindpeft", rows, args).items():
                     found.setdefault(("mindpeft", row), []).append(result)
@@ -310,6 +451,46 @@ def spread(values, fmt):
     return f"{fmt.format(middle)} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
+BIG_LABELS = {"1b-fp32-full": "fp32, full fine-tune + gradient checkpointing", "1b-fp32-lora": "fp32 + LoRA",
+              "1b-fp32-lora-checkpointing": "fp32 + LoRA + gradient checkpointing",
+              "1b-8bit-lora": "8-bit + LoRA (+ checkpointing, prepare_model_for_kbit_training)",
+              "1b-4bit-lora": "4-bit NF4 double-quant + LoRA (+ checkpointing, prepare_model_for_kbit_training)"}
+
+
+def print_big_table(found, args):
+    """Issue 15's table: memory and step time of the --big rows, and the three ratios it sets targets for."""
+    size, config = big_shape(args)
+    batch, length = BIG_BATCH[size]
+    rounds = {row: sorted(found[("mindpeft", row)], key=lambda r: r.get("seconds", 0)) for row in BIG_ROWS
+              if ("mindpeft", row) in found}
+    results = {row: values[len(values) // 2] for row, values in rounds.items()}  # the median round by step time
+    failed = {row: r["failed"] for row, r in results.items() if "failed" in r}
+    results = {row: r for row, r in results.items() if row not in failed}
+    print(f"\nLLaMA {config['num_hidden_layers']} x {config['hidden_size']} (intermediate {config['intermediate_size']}, "
+          f"{config['num_attention_heads']}/{config['num_key_value_heads']} heads, vocab {config['vocab_size']}), LoRA "
+          f"r=8 on every projection, AdamW, {batch} x {length} tokens, jit; memory is resident memory (MiB)\n")
+    print("| case | weights | projection weights | loaded model (RSS) | peak during training | training above the "
+          "loaded model | step s |\n| --- | --- | --- | --- | --- | --- | --- |")
+    for row, r in results.items():
+        print(f"| {BIG_LABELS[row]} | {r['weights_mib']:.1f} | {r['projection_mib']:.1f} | {r['model_mib']:.0f} | "
+              f"{r['peak_mib']:.0f} | {r['memory_mib']:.0f} | {r['seconds']:.1f} |")
+    for row, why in failed.items():
+        print(f"| {BIG_LABELS[row]} | failed: {why} | | | | | |")
+    fp32, lora, checkpointed, four = (results.get(k) for k in ("1b-fp32-full", "1b-fp32-lora",
+                                                                "1b-fp32-lora-checkpointing", "1b-4bit-lora"))
+    reference = fp32 or lora or checkpointed
+    if four and reference:
+        print(f"\n4-bit projection weights / fp32: {100 * four['projection_mib'] / reference['projection_mib']:.1f} % "
+              "(target <= 16 %)")
+    if four and lora:
+        print(f"4-bit + LoRA training peak / fp32 + LoRA training peak: {100 * four['peak_mib'] / lora['peak_mib']:.1f} "
+              "% (target <= 30 %)")
+    if lora and checkpointed:
+        print(f"gradient checkpointing: training memory above the model {lora['memory_mib']:.0f} -> "
+              f"{checkpointed['memory_mib']:.0f} MiB, {lora['memory_mib'] / checkpointed['memory_mib']:.1f}x less "
+              "(target >= 2x)")
+
+
 def print_tables(found, args):
     import platform
 
@@ -317,6 +498,10 @@ def print_tables(found, args):
     import peft
     import torch
 
+    if any(row in BIG_ROWS for row in args.rows):
+        print_big_table(found, args)
+    if all(row in BIG_ROWS for row in args.rows):
+        return
     size = "tiny 2-layer models" if args.tiny else "GPT-2 small, BERT-base, LLaMA 8 x 1024, T5-small shapes"
     print(f"\n{size}; {args.rounds} round(s) x {args.steps} timed steps; {os.cpu_count()} CPUs "
           f"({platform.processor() or platform.machine()}); MindSpore {mindspore.__version__}, torch "

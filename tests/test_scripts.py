@@ -179,3 +179,23 @@ def test_bench_tiny_prints_every_kind_of_row():
     assert "MiB |" in result.stdout and "MindSpore 2.10.0" in result.stdout
     # r=8 on c_attn (64 -> 192), attn.c_proj (64 -> 64) and mlp.c_proj (256 -> 64) in 2 layers: 2*8*(256+128+320)
     assert "| trainable parameters | 11,264 of 172,288 (6.538%) |" in result.stdout
+
+
+def test_bench_big_rows_tiny(tmp_path):
+    """The --big rows (issue 15's table) on a 2-layer LLaMA: a checkpoint written once, each precision loaded from it,
+    the table and the three target ratios printed."""
+    rows = "1b-fp32-lora,1b-fp32-lora-checkpointing,1b-4bit-lora"
+    command = [sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--big", "--tiny", "--rows", rows,
+               "--big-dir", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=_env())
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert os.listdir(tmp_path) == ["llama-tiny-2-layers"]
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in result.stdout.splitlines() if line.startswith("| ")}
+    four_bit = lines["4-bit NF4 double-quant + LoRA (+ checkpointing, prepare_model_for_kbit_training)"]
+    fp32 = lines["fp32 + LoRA"]
+    # weights: 4-bit projections are 0.516 bytes a value (codes, 8-bit scales, nested scales) against 4
+    projection = [float(line.split(" | ")[2]) for line in (four_bit, fp32)]
+    assert projection[0] < 0.16 * projection[1]
+    assert "4-bit projection weights / fp32: 12.9 % (target <= 16 %)" in result.stdout
+    assert "4-bit + LoRA training peak / fp32 + LoRA training peak:" in result.stdout
+    assert "gradient checkpointing: training memory above the model" in result.stdout
