@@ -93,6 +93,21 @@ def _env():
     return {**os.environ, "GLOG_v": "3", "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
 
 
+def test_train_py_runs_quietly(tiny_classifier, tmp_path):
+    """At MindSpore's default log level a train.py run prints no warning (deprecations, dataset memory,
+    recompilation, fan_in_fan_out) and its metrics."""
+    env = {k: v for k, v in _env().items() if k != "GLOG_v"}
+    args = _args(tiny_classifier, tmp_path / "run", "lora")
+    args[args.index("--epochs") + 1] = "1"
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py")] + args, capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    noise = [line for line in (result.stdout + result.stderr).splitlines()
+             if re.search(r"WARNING|Warning|deprecated", line)]
+    assert noise == []
+    assert [entry["epoch"] for entry in json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]] == [1]
+
+
 def test_accuracy_metrics(tiny_classifier):
     logits = np.array([[0.1, 0.9], [2.0, -1.0], [0.0, 1.0]])
     assert train.classification_accuracy(EvalPrediction(logits, np.array([1, 0, 0]))) == {"accuracy": 2 / 3}
