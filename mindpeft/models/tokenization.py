@@ -1173,7 +1173,7 @@ class PreTrainedTokenizerFast:
                 texts.append(json.dumps(data, indent=2, sort_keys=name != names[2], ensure_ascii=False) + "\n")
             except (TypeError, ValueError) as err:
                 json_dumps(data)  # raises naming the key
-                raise ValueError(f"{name}: {err}") from err
+                raise type(err)(f"{name}: {err}") from err
         with atomic_directory(save_directory) as staging:
             for name, text in zip(names, texts):
                 write_text(os.path.join(staging, name), text)

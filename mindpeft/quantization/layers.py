@@ -20,7 +20,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from ..models.layers import linear
+from ..models.layers import broadcast_like, linear
 from ..models.modeling_utils import write_parameter
 from . import functional as F
 
@@ -34,16 +34,19 @@ def _scale_blocks(values, scales, blocksize, count):
     padding = scales.shape[0] * blocksize - values.shape[0]
     if padding:
         values = ops.cat([values, ops.zeros(padding, values.dtype)])
-    blocks = values.reshape(-1, blocksize)
-    scaled = (blocks * ops.broadcast_to(scales.reshape(-1, 1), blocks.shape)).reshape(-1)
+    scaled = _scale_rows(values.reshape(-1, blocksize), scales).reshape(-1)
     return scaled if scaled.shape[0] == count else scaled[:count]
+
+
+def _scale_rows(rows, scales):
+    """Each row of the 2-D ``rows`` times its entry of ``scales``, with the scales broadcast explicitly (see the
+    module docstring)."""
+    return rows * ops.broadcast_to(scales.reshape(-1, 1), rows.shape)
 
 
 def _add_bias(out, bias):
     """``out + bias`` (``out`` 2-D) without a broadcasting add (see the module docstring)."""
-    if bias is None:
-        return out
-    return out + ops.broadcast_to(ops.depend(bias, out).astype(out.dtype), out.shape)
+    return out if bias is None else out + broadcast_like(bias.astype(out.dtype), out)
 
 
 class _DequantizingMatMul(nn.Cell):
@@ -68,8 +71,7 @@ class _DequantizingMatMul(nn.Cell):
 
 class _Int8MatMul(_DequantizingMatMul):
     def weight_from(self, codes, scales):
-        values = codes.astype(ms.float32)
-        return values * ops.broadcast_to(scales.reshape(-1, 1), values.shape) * Tensor(F.INT8_SCALE)
+        return _scale_rows(codes.astype(ms.float32), scales) * Tensor(F.INT8_SCALE)
 
 
 class _FourBitMatMul(_DequantizingMatMul):
@@ -84,8 +86,7 @@ class _FourBitMatMul(_DequantizingMatMul):
         count = self.weight_shape[0] * self.weight_shape[1]
         if count % self.blocksize == 0:  # whole blocks: gather straight into (blocks, pairs, 2), one scaling
             pairs = ops.gather(self.code_pairs, codes.reshape(-1, self.blocksize // 2).astype(ms.int32), 0)
-            blocks = pairs.reshape(-1, self.blocksize)
-            return (blocks * ops.broadcast_to(scales.reshape(-1, 1), blocks.shape)).reshape(self.weight_shape)
+            return _scale_rows(pairs.reshape(-1, self.blocksize), scales).reshape(self.weight_shape)
         values = ops.gather(self.code_pairs, codes.reshape(-1).astype(ms.int32), 0).reshape(-1)
         return _scale_blocks(values, scales, self.blocksize, count).reshape(self.weight_shape)
 
