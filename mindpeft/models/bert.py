@@ -5,7 +5,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from .configuration_utils import PretrainedConfig
-from .layers import Activation, Dropout, Embedding, LayerNorm, Linear, tanh
+from .layers import Activation, Dropout, Embedding, LayerNorm, Linear, broadcast_like, tanh
 from .model_outputs import (attention_bias, check_model_inputs, cross_entropy, in_jit, merge_heads,
                             scaled_dot_product_attention, sequence_classification_loss, split_heads, token_loss,
                             with_optional)
@@ -67,7 +67,8 @@ class BertEmbeddings(nn.Cell):
                 position_ids = ops.arange(past_length, past_length + seq_len).view(1, seq_len)
         if token_type_ids is None:
             token_type_ids = ops.zeros((batch, seq_len), ms.int32)
-        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids) + self.position_embeddings(position_ids)
+        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
+        embeddings = embeddings + broadcast_like(self.position_embeddings(position_ids), embeddings)
         return self.dropout(self.LayerNorm(embeddings))
 
     def _check_roberta_positions(self, position_ids, past_length):

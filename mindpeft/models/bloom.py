@@ -14,7 +14,8 @@ from .generation import GenerationMixin
 from .gpt2 import last_token_logits
 from .layers import Dropout, Embedding, LayerNorm, Linear, gelu_tanh, linear
 from .model_outputs import (attention_bias, causal_lm_loss, check_model_inputs, merge_heads,
-                            scaled_dot_product_attention, sequence_classification_loss, with_optional)
+                            scaled_dot_product_attention, sequence_classification_loss, swap_axes,
+                            with_optional)
 from .modeling_utils import PreTrainedModel
 
 
@@ -61,9 +62,9 @@ class BloomAttention(nn.Cell):
         batch, seq = hidden_states.shape[0], hidden_states.shape[1]
         # the fused projection interleaves heads: (..., heads, [query, key, value], head_dim)
         fused = self.query_key_value(hidden_states).view(batch, seq, self.num_heads, 3, self.head_dim)
-        query = fused[:, :, :, 0].swapaxes(1, 2)
-        key = fused[:, :, :, 1].swapaxes(1, 2)
-        value = fused[:, :, :, 2].swapaxes(1, 2)
+        query = swap_axes(fused[:, :, :, 0])
+        key = swap_axes(fused[:, :, :, 1])
+        value = swap_axes(fused[:, :, :, 2])
         if layer_past is not None:
             key = ops.cat([layer_past[0], key], axis=-2)
             value = ops.cat([layer_past[1], value], axis=-2)

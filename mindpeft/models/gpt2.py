@@ -6,7 +6,7 @@ from mindspore import nn, ops
 
 from .configuration_utils import PretrainedConfig
 from .generation import GenerationMixin
-from .layers import Activation, Conv1D, Dropout, Embedding, LayerNorm, Linear, linear
+from .layers import Activation, Conv1D, Dropout, Embedding, LayerNorm, Linear, broadcast_like, linear
 from .model_outputs import (attention_bias, causal_lm_loss, check_model_inputs, merge_heads,
                             scaled_dot_product_attention, sequence_classification_loss, split_heads, with_optional)
 from .modeling_utils import PreTrainedModel
@@ -119,7 +119,7 @@ class GPT2Model(GPT2PreTrainedModel):
         seq_len = inputs_embeds.shape[1]
         if position_ids is None:
             position_ids = ops.arange(past_len, past_len + seq_len).view(1, seq_len)
-        hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
+        hidden_states = self.drop(inputs_embeds + broadcast_like(self.wpe(position_ids), inputs_embeds))
         presents = ()
         for i, block in enumerate(self.h):
             layer_past = None if past_key_values is None else past_key_values[i]

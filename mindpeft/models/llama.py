@@ -12,7 +12,7 @@ from .generation import GenerationMixin
 from .layers import (Activation, Dropout, Embedding, Linear, RMSNorm, RotaryEmbedding, apply_rotary_pos_emb, linear,
                      repeat_kv, sliding_window_bias)
 from .model_outputs import (attention_bias, causal_lm_loss, check_model_inputs, merge_heads,
-                            scaled_dot_product_attention, with_optional)
+                            scaled_dot_product_attention, split_heads, with_optional)
 from .modeling_utils import PreTrainedModel
 
 
@@ -71,7 +71,7 @@ class LlamaAttention(nn.Cell):
 
     def project(self, proj, hidden_states, heads):
         batch, seq = hidden_states.shape[0], hidden_states.shape[1]
-        return proj(hidden_states).view(batch, seq, heads, self.head_dim).swapaxes(1, 2)
+        return split_heads(proj(hidden_states), heads, self.head_dim)
 
     def query_states(self, hidden_states, cos, sin):
         """Rotary-embedded queries, (batch, heads, seq, head_dim)."""

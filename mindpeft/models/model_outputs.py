@@ -10,7 +10,7 @@ from collections import OrderedDict
 
 import numpy as np
 import mindspore as ms
-from mindspore import Tensor, ops
+from mindspore import Tensor, mint, nn, ops
 from mindspore.ops.primitive import constexpr
 
 NEG_INF = -1e9
@@ -186,6 +186,43 @@ def as_float32(x):
     return x if x.dtype == ms.float32 else x.astype(ms.float32)
 
 
+class _SoftmaxExplicitBroadcast(nn.Cell):
+    """softmax over the last axis whose backward broadcasts explicitly (see :func:`attention_softmax`)."""
+
+    def construct(self, x):
+        return ops.softmax(x, -1)
+
+    def bprop(self, x, out, dout):  # pylint: disable=unused-argument
+        dot = (dout * out).sum(-1, keepdims=True)
+        return (out * (dout - ops.broadcast_to(dot, out.shape)),)
+
+
+_softmax_explicit_broadcast = _SoftmaxExplicitBroadcast()
+
+
+def attention_softmax(scores, recomputed=False):
+    """softmax over the last axis of attention scores, in the form that keeps least memory in each mode.
+
+    In a compiled CPU graph every broadcasting binary op keeps two int64 index maps of its output's size for the
+    graph's life, and MindSpore's softmax backward subtracts a (..., 1) tensor from the scores (16 bytes a score,
+    in every layer). Compiled, the softmax therefore gets a backward that broadcasts explicitly; inside a
+    recomputed (gradient-checkpointed) block, whose recompute pass does not reach a custom backward's saved
+    output, it is ``exp(log_softmax)`` instead, built from kernels with their own backward. PyNative keeps
+    MindSpore's softmax.
+    """
+    if not in_jit():
+        return ops.softmax(scores, -1)
+    if recomputed:
+        return ops.exp(ops.log_softmax(scores, -1))
+    return _softmax_explicit_broadcast(scores)
+
+
+def swap_axes(x, first=1, second=2):
+    """``x.swapaxes(first, second)`` through ``mint.transpose``: the ``Transpose`` kernel behind ``swapaxes``
+    keeps an int64 index map of the tensor's size for a compiled CPU graph's life."""
+    return mint.transpose(x, first, second)
+
+
 def scaled_dot_product_attention(query, key, value, bias, scale, dropout=None):
     """softmax(q k^T * scale + bias) v over (batch, heads, seq, head_dim) tensors; softmax in float32."""
     scores = _batch_matmul_nt(query, key)
@@ -194,7 +231,9 @@ def scaled_dot_product_attention(query, key, value, bias, scale, dropout=None):
     scores = as_float32(scores)
     if bias is not None:  # same-shape Add, computed after the scores (see layers.broadcast_like)
         scores = scores + ops.broadcast_to(ops.depend(bias, scores), scores.shape)
-    probs = ops.softmax(scores, -1)
+    # the block's cells, dropout included, are marked by Cell.recompute (gradient checkpointing)
+    recomputed = dropout is not None and dropout._has_config_recompute  # pylint: disable=protected-access
+    probs = attention_softmax(scores, recomputed)
     if value.dtype != ms.float32:
         probs = probs.astype(value.dtype)
     if dropout is not None:
@@ -205,13 +244,13 @@ def scaled_dot_product_attention(query, key, value, bias, scale, dropout=None):
 def split_heads(x, num_heads, head_dim):
     """(batch, seq, heads * head_dim) -> (batch, heads, seq, head_dim)."""
     batch, seq = x.shape[0], x.shape[1]
-    return x.view(batch, seq, num_heads, head_dim).swapaxes(1, 2)
+    return swap_axes(x.view(batch, seq, num_heads, head_dim))
 
 
 def merge_heads(x):
     """(batch, heads, seq, head_dim) -> (batch, seq, heads * head_dim)."""
     batch, heads, seq, head_dim = x.shape
-    return x.swapaxes(1, 2).view(batch, seq, heads * head_dim)
+    return swap_axes(x).view(batch, seq, heads * head_dim)
 
 
 def cross_entropy(logits, labels, ignore_index=-100):

@@ -13,7 +13,7 @@ from mindspore import nn, ops
 from .configuration_utils import ConfigError, PretrainedConfig
 from .generation import GenerationMixin
 from .gpt2 import last_token_logits
-from .layers import Activation, Dropout, Embedding, LayerNorm, Linear, linear
+from .layers import Activation, Dropout, Embedding, LayerNorm, Linear, broadcast_like, linear
 from .model_outputs import (attention_bias, causal_lm_loss, check_model_inputs, merge_heads,
                             scaled_dot_product_attention, sequence_classification_loss, split_heads, with_optional)
 from .modeling_utils import PreTrainedModel
@@ -131,7 +131,8 @@ class OPTDecoder(nn.Cell):
                 position_ids = (ops.cumsum(mask, 1) * mask - 1)[:, past_len:]
         if self.project_in is not None:
             inputs_embeds = self.project_in(inputs_embeds)
-        hidden_states = inputs_embeds + self.embed_positions(position_ids + POSITION_OFFSET)
+        positions = self.embed_positions(position_ids + POSITION_OFFSET)
+        hidden_states = inputs_embeds + broadcast_like(positions, inputs_embeds)
         bias = attention_bias(attention_mask, seq_len, past_len + seq_len, causal=True)
         presents = ()
         for i, layer in enumerate(self.layers):

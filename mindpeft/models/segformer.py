@@ -6,13 +6,13 @@ import functools
 
 import numpy as np
 import mindspore as ms
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Parameter, Tensor, mint, nn, ops
 from mindspore.ops.primitive import constexpr
 
 from .configuration_utils import ConfigError, PretrainedConfig
-from .layers import Activation, Dropout, LayerNorm, Linear, ones_param
+from .layers import Activation, Dropout, LayerNorm, Linear, broadcast_like, ones_param
 from .model_outputs import (BaseModelOutput, _output_class, cross_entropy, merge_heads, scaled_dot_product_attention,
-                            split_heads, with_optional)
+                            split_heads, swap_axes, with_optional)
 from .modeling_utils import PreTrainedModel
 from .vit import CheckpointRenames, Conv2d, RenamedCheckpointMixin, check_pixel_values
 
@@ -87,9 +87,9 @@ def resize_bilinear(x, size):
     if (height, width) == (out_h, out_w):
         return x
     x = ops.matmul(x.reshape(-1, width), _bilinear_weights(out_w, width).astype(x.dtype))
-    x = x.reshape(batch * channels, height, out_w).swapaxes(1, 2).reshape(-1, height)
+    x = swap_axes(x.reshape(batch * channels, height, out_w)).reshape(-1, height)
     x = ops.matmul(x, _bilinear_weights(out_h, height).astype(x.dtype))
-    return x.reshape(batch, channels, out_w, out_h).swapaxes(2, 3)
+    return swap_axes(x.reshape(batch, channels, out_w, out_h), 2, 3)
 
 
 # ----- encoder --------------------------------------------------------------------------------------------------------
@@ -118,18 +118,18 @@ class SegformerOverlapPatchEmbeddings(nn.Cell):
     def construct(self, pixel_values):
         embeddings = self.proj(pixel_values)
         batch, channels, height, width = embeddings.shape
-        embeddings = embeddings.view(batch, channels, height * width).swapaxes(1, 2)
+        embeddings = swap_axes(embeddings.view(batch, channels, height * width))
         return self.layer_norm(embeddings), height, width
 
 
 def tokens_to_image(x, height, width):
     """(batch, height * width, channels) -> (batch, channels, height, width)."""
-    return x.swapaxes(1, 2).reshape(x.shape[0], x.shape[2], height, width)
+    return swap_axes(x).reshape(x.shape[0], x.shape[2], height, width)
 
 
 def image_to_tokens(x):
     """(batch, channels, height, width) -> (batch, height * width, channels)."""
-    return x.reshape(x.shape[0], x.shape[1], -1).swapaxes(1, 2)
+    return swap_axes(x.reshape(x.shape[0], x.shape[1], -1))
 
 
 class SegformerSequenceReduction(nn.Cell):
@@ -312,7 +312,7 @@ class BatchNorm2d(nn.Cell):
     def construct(self, x):
         if self.training:
             mean = x.mean(axis=(0, 2, 3))
-            centred = x - mean.view(1, -1, 1, 1)
+            centred = x - ops.broadcast_to(mean.view(1, -1, 1, 1), x.shape)
             var = (centred * centred).mean(axis=(0, 2, 3))
             count = x.size // x.shape[1]
             unbiased = ops.stop_gradient(var) * (count / max(count - 1, 1))
@@ -321,10 +321,10 @@ class BatchNorm2d(nn.Cell):
             ops.assign(self.running_var, (1 - self.momentum) * self.running_var + self.momentum * unbiased)
             ops.assign_add(self.num_batches_tracked, Tensor(1, ms.int64))
         else:
-            centred = x - self.running_mean.view(1, -1, 1, 1)
+            centred = x - broadcast_like(self.running_mean.view(1, -1, 1, 1), x)
             var = self.running_var
         scale = ops.rsqrt(var + self.eps) * self.weight
-        return centred * scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return centred * broadcast_like(scale.view(1, -1, 1, 1), x) + broadcast_like(self.bias.view(1, -1, 1, 1), x)
 
     def extend_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
@@ -405,7 +405,7 @@ class SegformerForSemanticSegmentation(SegformerPreTrainedModel):
         _check_segmentation_labels(tuple(labels.shape), tuple(logits.shape), self.num_labels)
         upsampled = resize_bilinear(logits, labels.shape[1:])
         if self.num_labels > 1:
-            flat = upsampled.transpose(0, 2, 3, 1).reshape(-1, self.num_labels)
+            flat = mint.permute(upsampled, (0, 2, 3, 1)).reshape(-1, self.num_labels)
             return cross_entropy(flat, labels.reshape(-1), ignore_index=self.ignore_index)
         valid = ((labels >= 0) & (labels != self.ignore_index)).astype(upsampled.dtype)
         loss = binary_cross_entropy_with_logits(upsampled[:, 0], labels.astype(upsampled.dtype))

@@ -11,9 +11,9 @@ from mindspore import nn, ops
 from mindspore.ops.primitive import constexpr
 
 from .configuration_utils import ConfigError, PretrainedConfig
-from .layers import Activation, Dropout, LayerNorm, Linear, init_param, uniform_param
+from .layers import Activation, Dropout, LayerNorm, Linear, broadcast_like, init_param, uniform_param
 from .model_outputs import (_output_class, merge_heads, scaled_dot_product_attention, sequence_classification_loss,
-                            split_heads, with_optional)
+                            split_heads, swap_axes, with_optional)
 from .modeling_utils import PreTrainedModel
 
 BaseModelOutputWithPooling = _output_class(
@@ -167,7 +167,7 @@ class ViTPatchEmbeddings(nn.Cell):
     def construct(self, pixel_values):
         out = self.projection(pixel_values)
         batch, channels = out.shape[0], out.shape[1]
-        return out.view(batch, channels, -1).swapaxes(1, 2)
+        return swap_axes(out.view(batch, channels, -1))
 
 
 class ViTEmbeddings(nn.Cell):
@@ -186,7 +186,8 @@ class ViTEmbeddings(nn.Cell):
         embeddings = self.patch_embeddings(pixel_values)
         batch, hidden = embeddings.shape[0], embeddings.shape[2]
         cls = ops.broadcast_to(self.cls_token, (batch, 1, hidden))
-        return self.dropout(ops.cat([cls, embeddings], axis=1) + self.position_embeddings)
+        embeddings = ops.cat([cls, embeddings], axis=1)
+        return self.dropout(embeddings + broadcast_like(self.position_embeddings, embeddings))
 
 
 class ViTAttention(nn.Cell):

@@ -9,9 +9,10 @@ from mindspore.ops.primitive import constexpr
 
 from .configuration_utils import ConfigError, PretrainedConfig
 from .generation import GenerationMixin, _as_numpy
-from .layers import Activation, Dropout, Embedding, LayerNorm, Linear, gelu_erf, linear, uniform_param
+from .layers import (Activation, Dropout, Embedding, LayerNorm, Linear, broadcast_like, gelu_erf, linear,
+                     uniform_param)
 from .model_outputs import (attention_bias, check_model_inputs, merge_heads, scaled_dot_product_attention,
-                            split_heads, token_loss, with_optional)
+                            split_heads, swap_axes, token_loss, with_optional)
 from .modeling_utils import PreTrainedModel
 
 
@@ -210,8 +211,8 @@ class WhisperEncoder(nn.Cell):
         _check_input_features(None if input_features is None else tuple(input_features.shape), self.num_mel_bins,
                               2 * self.max_source_positions)
         hidden_states = gelu_erf(self.conv1(input_features.astype(self.conv1.weight.dtype)))
-        hidden_states = gelu_erf(self.conv2(hidden_states)).swapaxes(1, 2)
-        hidden_states = self.dropout(hidden_states + self.embed_positions.weight)
+        hidden_states = swap_axes(gelu_erf(self.conv2(hidden_states)))
+        hidden_states = self.dropout(hidden_states + broadcast_like(self.embed_positions.weight, hidden_states))
         for layer in self.layers:
             hidden_states = layer(hidden_states)
         return {"last_hidden_state": self.layer_norm(hidden_states)}
@@ -241,7 +242,8 @@ class WhisperDecoder(nn.Cell):
         seq_len = inputs_embeds.shape[1]
         if position_ids is None:
             position_ids = ops.arange(past_len, past_len + seq_len).view(1, seq_len)
-        hidden_states = self.dropout(inputs_embeds + self.embed_positions(position_ids))
+        positions = broadcast_like(self.embed_positions(position_ids), inputs_embeds)
+        hidden_states = self.dropout(inputs_embeds + positions)
         bias = attention_bias(attention_mask, seq_len, past_len + seq_len, causal=True)
         presents = ()
         for i, layer in enumerate(self.layers):

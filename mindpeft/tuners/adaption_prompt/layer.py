@@ -5,6 +5,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
+from ...models.model_outputs import merge_heads
 from ..tuners_utils import BaseTunerLayer
 
 
@@ -59,7 +60,7 @@ class AdaptedAttention(nn.Cell, BaseTunerLayer):
         if self.disable_adapters or not self._active_in_layer:
             return output, present
         attention = self.base_layer
-        batch, q_len = output.shape[0], output.shape[1]
+        batch = output.shape[0]
         rep = self.num_heads // self.num_kv_heads
         adapter_k = ops.repeat_interleave(self._project(attention.k_proj, self.num_kv_heads), rep, 1)
         adapter_v = ops.repeat_interleave(self._project(attention.v_proj, self.num_kv_heads), rep, 1)
@@ -67,6 +68,6 @@ class AdaptedAttention(nn.Cell, BaseTunerLayer):
         scores = ops.matmul(query, adapter_k.swapaxes(2, 3).astype(query.dtype)) / math.sqrt(self.head_dim)
         scores = self.adaption_gate * ops.softmax(scores.astype(ms.float32), -1).astype(query.dtype)
         adapter_out = ops.matmul(scores, ops.broadcast_to(adapter_v, (batch,) + adapter_v.shape[1:]))
-        adapter_out = adapter_out.swapaxes(1, 2).reshape(batch, q_len, -1)
+        adapter_out = merge_heads(adapter_out)
         return output + attention.o_proj(adapter_out).astype(output.dtype), present
 
