@@ -1,4 +1,5 @@
-"""The CPU-fast building blocks (loss, GELUs, Conv1D, runtime setting) match PyTorch in values and gradients."""
+"""The CPU-fast building blocks (loss, GELUs, Conv1D, attention softmax, axis swaps, runtime setting) match PyTorch
+in values and gradients."""
 import os
 
 import mindspore as ms
@@ -9,7 +10,7 @@ from mindspore import Tensor
 
 from mindpeft import models
 from mindpeft.models.layers import Conv1D, gelu_erf, gelu_tanh
-from mindpeft.models.model_outputs import cross_entropy
+from mindpeft.models.model_outputs import attention_softmax, cross_entropy, swap_axes
 from mindpeft.utils.runtime import HOST_BLOCKING_ENV, tune_cpu_runtime
 from conftest import max_diff, ms_ids, rand_ids, torch_ids, torch_model
 
@@ -94,3 +95,38 @@ def test_cpu_runtime_runs_graphs_host_blocking_unless_the_user_chose(monkeypatch
     monkeypatch.delenv(HOST_BLOCKING_ENV)
     tune_cpu_runtime()
     assert os.environ[HOST_BLOCKING_ENV] == "1"
+
+
+@pytest.mark.parametrize("jit,recomputed", [(False, False), (True, False), (True, True)])
+def test_attention_softmax_matches_torch_in_each_form(jit, recomputed):
+    """PyNative softmax, the compiled explicit-broadcast backward and the recomputed exp(log_softmax): equal values
+    and gradients (exp(log_softmax) to 1e-5: its exp rounds once more)."""
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(2, 3, 5, 7)).astype(np.float32) * 4
+    weights = rng.normal(size=(2, 3, 5, 7)).astype(np.float32)
+
+    def loss_fn(x):
+        return (attention_softmax(x, recomputed) * Tensor(weights)).sum()
+
+    fn = ms.jit(loss_fn) if jit else loss_fn
+    loss, grad = _value_and_input_grad(fn, Tensor(scores))
+    t_scores = torch.tensor(scores, requires_grad=True)
+    expected = (torch.softmax(t_scores, -1) * torch.tensor(weights)).sum()
+    expected.backward()
+    assert abs(float(loss) - expected.item()) < 1e-5
+    assert max_diff(grad, t_scores.grad) < (1e-5 if recomputed else 1e-6)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_swap_axes_matches_numpy_with_gradient(jit):
+    x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    weights = np.random.default_rng(0).normal(size=(2, 4, 3, 5)).astype(np.float32)
+
+    def loss_fn(t):
+        return (swap_axes(t) * Tensor(weights)).sum()
+
+    fn = ms.jit(loss_fn) if jit else loss_fn
+    np.testing.assert_array_equal(swap_axes(Tensor(x)).asnumpy(), x.swapaxes(1, 2))
+    np.testing.assert_array_equal(swap_axes(Tensor(x), 2, 3).asnumpy(), x.swapaxes(2, 3))
+    _, grad = _value_and_input_grad(fn, Tensor(x))
+    np.testing.assert_allclose(grad.asnumpy(), weights.swapaxes(1, 2), atol=1e-6)

@@ -29,15 +29,15 @@ _matmul_nt = ops.MatMul(transpose_b=True)
 
 def add_bias(out, bias):
     """``out + bias`` for a 2-D ``out`` and a 1-D ``bias``, as ``BiasAdd``: in compiled graphs on CPU a broadcasting
-    ``Add`` keeps about four times its output's size allocated for the life of the graph (MindSpore 2.10), which
-    made a GPT-2 forward hold 40 MB a layer at 4 x 64 tokens; ``BiasAdd`` does not."""
+    ``Add`` keeps two int64 index maps of its output's size (four times a float32 output) for the life of the graph
+    (MindSpore 2.10), which made a GPT-2 forward hold 40 MB a layer at 4 x 64 tokens; ``BiasAdd`` does not."""
     return ops.bias_add(out, bias.astype(out.dtype) if bias.dtype != out.dtype else bias)
 
 
 def broadcast_like(value, x):
     """``value`` broadcast to ``x``'s shape and computed after ``x``, as the same-shape operand of an element-wise op
     with ``x``. Two things measured in compiled graphs on CPU (MindSpore 2.10) make this worth it: a broadcasting
-    binary op keeps about four times its output allocated (see :func:`add_bias`), and a tensor computed from
+    binary op keeps two int64 index maps of its output's size (see :func:`add_bias`), and a tensor computed from
     Parameters and constants alone (a norm weight, rotary tables, a causal mask, broadcast to activation size) is
     kept for the graph's life instead of being freed after its last use."""
     return ops.broadcast_to(ops.depend(value, x), x.shape)
