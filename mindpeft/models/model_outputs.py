@@ -7,6 +7,7 @@ read outputs by key.
 """
 import sys
 from collections import OrderedDict
+from contextlib import contextmanager
 
 import numpy as np
 import mindspore as ms
@@ -217,10 +218,35 @@ def attention_softmax(scores, recomputed=False):
     return _softmax_explicit_broadcast(scores)
 
 
+_gradient_graph = {"compiling": False}
+
+
+@contextmanager
+def compiling_gradient_graph():
+    """While a step that takes gradients compiles (``mindpeft.training``'s steps enter this): :func:`swap_axes`
+    uses ``mint.transpose`` there."""
+    previous = _gradient_graph["compiling"]
+    _gradient_graph["compiling"] = True
+    try:
+        yield
+    finally:
+        _gradient_graph["compiling"] = previous
+
+
+@constexpr
+def _in_gradient_graph():
+    return _gradient_graph["compiling"]
+
+
 def swap_axes(x, first=1, second=2):
-    """``x.swapaxes(first, second)`` through ``mint.transpose``: the ``Transpose`` kernel behind ``swapaxes``
-    keeps an int64 index map of the tensor's size for a compiled CPU graph's life."""
-    return mint.transpose(x, first, second)
+    """``x.swapaxes(first, second)``. In compiled training steps through ``mint.transpose``: the ``Transpose``
+    kernel behind ``swapaxes`` keeps an int64 index map of the tensor's size for a compiled CPU graph's life (in
+    every layer, forward and backward). ``mint.transpose`` is a view op, and a forward-only graph of eight or more
+    GPT-2 layers built from it takes MindSpore 2.10's graph scheduler minutes (measured), so forward graphs
+    (evaluation, ``generate``) keep ``swapaxes``."""
+    if in_jit() and _in_gradient_graph():
+        return mint.transpose(x, first, second)
+    return x.swapaxes(first, second)
 
 
 def scaled_dot_product_attention(query, key, value, bias, scale, dropout=None):

@@ -12,7 +12,7 @@ from mindspore import ops
 from mindspore.amp import DynamicLossScaler, StaticLossScaler, all_finite
 from mindspore.graph.api import _pynative_executor
 
-from ..models.model_outputs import to_model_output
+from ..models.model_outputs import compiling_gradient_graph, to_model_output
 from .value_checks import check_batch, value_limits
 
 
@@ -61,6 +61,8 @@ class _StateAwareJit:
     would leave MindSpore's gradient recording open, breaking later steps and in-place weight writes: it is closed
     before the error goes on, as ``mindspore.jit`` does for its own errors."""
 
+    takes_gradients = True  # see models.model_outputs.swap_axes
+
     def __init__(self, model, jit=True):
         self.model = model
         self.jit = jit
@@ -101,6 +103,9 @@ class _StateAwareJit:
 
     def _run(self, batch):
         try:
+            if self.takes_gradients:
+                with compiling_gradient_graph():
+                    return self._fn(**batch)
             return self._fn(**batch)
         except BaseException:
             if not self.jit:
@@ -191,6 +196,8 @@ def _loss_scaler(loss_scale):
 
 class ForwardStep(_StateAwareJit):
     """``outputs = forward(**batch)``: the model's forward, compiled (for evaluation loops)."""
+
+    takes_gradients = False
 
     def _build(self):
         model = self.model
