@@ -11,7 +11,8 @@ from mindspore import Tensor
 
 from mindpeft import models
 from mindpeft.models.layers import Conv1D, gelu_erf, gelu_tanh
-from mindpeft.models.model_outputs import attention_softmax, compiling_gradient_graph, cross_entropy, swap_axes
+from mindpeft.models.model_outputs import (attention_softmax, compiling_gradient_graph, concat, cross_entropy,
+                                           swap_axes)
 from mindpeft.utils.runtime import HOST_BLOCKING_ENV, tune_cpu_runtime
 from conftest import max_diff, ms_ids, rand_ids, torch_ids, torch_model
 
@@ -133,3 +134,28 @@ def test_swap_axes_matches_numpy_with_gradient(jit, gradient_graph):
     with compiling_gradient_graph() if gradient_graph else contextlib.nullcontext():
         _, grad = _value_and_input_grad(fn, Tensor(x))
     np.testing.assert_allclose(grad.asnumpy(), weights.swapaxes(1, 2), atol=1e-6)
+
+
+@pytest.mark.parametrize("axis", [1, -2])
+@pytest.mark.parametrize("jit,gradient_graph", [(False, False), (True, False), (True, True)])
+def test_concat_of_head_swapped_tensors_matches_numpy_with_gradients(jit, gradient_graph, axis):
+    """concat's slicing backward in training steps' graphs, with a view input (a cached prefix before new keys)
+    and three tensors (joined pairwise there)."""
+    rng = np.random.default_rng(0)
+    prefix = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
+    x = rng.normal(size=(2, 4, 3, 5)).astype(np.float32)
+    joined = np.concatenate([prefix, x.swapaxes(1, 2), 2 * prefix], axis)
+    weights = rng.normal(size=joined.shape).astype(np.float32)
+
+    def loss_fn(p, t):
+        return (concat((p, swap_axes(t), p * 2.0), axis) * Tensor(weights)).sum()
+
+    fn = ms.jit(loss_fn) if jit else loss_fn
+    np.testing.assert_array_equal(concat((Tensor(prefix), swap_axes(Tensor(x)), Tensor(2 * prefix)), axis).asnumpy(),
+                                  joined)
+    with compiling_gradient_graph() if gradient_graph else contextlib.nullcontext():
+        loss, grads = ms.value_and_grad(fn, grad_position=(0, 1))(Tensor(prefix), Tensor(x))
+    assert abs(float(loss) - float((joined * weights).sum())) < 1e-4
+    first, middle, last = np.split(weights, [prefix.shape[axis], 2 * prefix.shape[axis]], axis)
+    np.testing.assert_allclose(grads[0].asnumpy(), first + 2 * last, atol=1e-5)
+    np.testing.assert_allclose(grads[1].asnumpy(), middle.swapaxes(1, 2), atol=1e-6)

@@ -6,7 +6,7 @@ from mindspore import nn, ops
 
 from .configuration_utils import PretrainedConfig
 from .layers import Activation, Dropout, Embedding, LayerNorm, Linear, broadcast_like, tanh
-from .model_outputs import (attention_bias, check_model_inputs, cross_entropy, in_jit, merge_heads,
+from .model_outputs import (attention_bias, check_model_inputs, concat, cross_entropy, in_jit, merge_heads,
                             scaled_dot_product_attention, sequence_classification_loss, split_heads, token_loss,
                             with_optional)
 from .modeling_utils import PreTrainedModel
@@ -101,8 +101,8 @@ class BertSelfAttention(nn.Cell):
         key = split_heads(self.key(hidden_states), self.num_heads, self.head_dim)
         value = split_heads(self.value(hidden_states), self.num_heads, self.head_dim)
         if layer_past is not None:
-            key = ops.cat([layer_past[0], key], axis=-2)
-            value = ops.cat([layer_past[1], value], axis=-2)
+            key = concat((layer_past[0], key), -2)
+            value = concat((layer_past[1], value), -2)
         return merge_heads(scaled_dot_product_attention(query, key, value, bias, self.scale, self.dropout))
 
 

@@ -13,9 +13,8 @@ from .configuration_utils import PretrainedConfig
 from .generation import GenerationMixin
 from .gpt2 import last_token_logits
 from .layers import Dropout, Embedding, LayerNorm, Linear, gelu_tanh, linear
-from .model_outputs import (attention_bias, causal_lm_loss, check_model_inputs, merge_heads,
-                            scaled_dot_product_attention, sequence_classification_loss, swap_axes,
-                            with_optional)
+from .model_outputs import (attention_bias, causal_lm_loss, check_model_inputs, concat, merge_heads,
+                            scaled_dot_product_attention, sequence_classification_loss, swap_axes, with_optional)
 from .modeling_utils import PreTrainedModel
 
 
@@ -66,8 +65,8 @@ class BloomAttention(nn.Cell):
         key = swap_axes(fused[:, :, :, 1])
         value = swap_axes(fused[:, :, :, 2])
         if layer_past is not None:
-            key = ops.cat([layer_past[0], key], axis=-2)
-            value = ops.cat([layer_past[1], value], axis=-2)
+            key = concat((layer_past[0], key), -2)
+            value = concat((layer_past[1], value), -2)
         present = (key, value) if use_cache else None
         attn = scaled_dot_product_attention(query, key, value, bias, self.scale, self.attention_dropout)
         return residual + self.hidden_dropout(self.dense(merge_heads(attn))), present

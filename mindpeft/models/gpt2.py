@@ -7,7 +7,7 @@ from mindspore import nn, ops
 from .configuration_utils import PretrainedConfig
 from .generation import GenerationMixin
 from .layers import Activation, Conv1D, Dropout, Embedding, LayerNorm, Linear, broadcast_like, linear
-from .model_outputs import (attention_bias, causal_lm_loss, check_model_inputs, merge_heads,
+from .model_outputs import (attention_bias, causal_lm_loss, check_model_inputs, concat, merge_heads,
                             scaled_dot_product_attention, sequence_classification_loss, split_heads, with_optional)
 from .modeling_utils import PreTrainedModel
 
@@ -51,8 +51,8 @@ class GPT2Attention(nn.Cell):
         key = split_heads(key, self.num_heads, self.head_dim)
         value = split_heads(value, self.num_heads, self.head_dim)
         if layer_past is not None:
-            key = ops.cat([layer_past[0], key], axis=-2)
-            value = ops.cat([layer_past[1], value], axis=-2)
+            key = concat((layer_past[0], key), -2)
+            value = concat((layer_past[1], value), -2)
         bias = attention_bias(attention_mask, query.shape[2], key.shape[2], causal=True)
         attn = scaled_dot_product_attention(query, key, value, bias, self.scale, self.attn_dropout)
         out = self.resid_dropout(self.c_proj(merge_heads(attn)))

@@ -11,7 +11,7 @@ from .configuration_utils import ConfigError, PretrainedConfig
 from .generation import GenerationMixin
 from .layers import (Activation, Dropout, Embedding, Linear, RMSNorm, RotaryEmbedding, apply_rotary_pos_emb, linear,
                      repeat_kv, sliding_window_bias)
-from .model_outputs import (attention_bias, causal_lm_loss, check_model_inputs, merge_heads,
+from .model_outputs import (attention_bias, causal_lm_loss, check_model_inputs, concat, merge_heads,
                             scaled_dot_product_attention, split_heads, with_optional)
 from .modeling_utils import PreTrainedModel
 
@@ -82,8 +82,8 @@ class LlamaAttention(nn.Cell):
         key = apply_rotary_pos_emb(self.project(self.k_proj, hidden_states, self.num_kv_heads), cos, sin)
         value = self.project(self.v_proj, hidden_states, self.num_kv_heads)
         if layer_past is not None:
-            key = ops.cat([layer_past[0], key], axis=-2)
-            value = ops.cat([layer_past[1], value], axis=-2)
+            key = concat((layer_past[0], key), -2)
+            value = concat((layer_past[1], value), -2)
         present = (key, value) if use_cache else None
         n_rep = self.num_heads // self.num_kv_heads
         attn = scaled_dot_product_attention(query, repeat_kv(key, n_rep), repeat_kv(value, n_rep), bias,

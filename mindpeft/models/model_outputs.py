@@ -249,6 +249,42 @@ def swap_axes(x, first=1, second=2):
     return x.swapaxes(first, second)
 
 
+class _ConcatSlicingBackward(nn.Cell):
+    """``ops.cat`` of two tensors over ``axis`` whose backward narrows the gradient to each one's part."""
+
+    def __init__(self, axis):
+        super().__init__()
+        self.axis = axis
+
+    def construct(self, first, second):
+        return ops.cat((first, second), axis=self.axis)
+
+    def bprop(self, first, second, out, dout):  # pylint: disable=unused-argument
+        size = first.shape[self.axis]
+        return (ops.narrow(dout, self.axis, 0, size),
+                ops.narrow(dout, self.axis, size, second.shape[self.axis]))
+
+
+_concat_channels = _ConcatSlicingBackward(1)
+_concat_sequence = _ConcatSlicingBackward(-2)
+
+
+def concat(tensors, axis):
+    """``ops.cat(tensors, axis)`` (``axis`` 1 or -2). In compiled training steps the backward narrows the gradient:
+    MindSpore 2.10's own (``SplitWithSize``) is rebuilt on CPU with a warning when an input comes from a view op,
+    as :func:`swap_axes`' head swaps there do (cached keys and values with a prefix, Segformer's fused stages).
+    A custom backward takes a fixed number of inputs, so more than two tensors are joined pairwise."""
+    if not (in_jit() and _in_gradient_graph()):
+        return ops.cat(tensors, axis=axis)
+    if axis not in (1, -2):
+        raise ValueError(f"concat: axis {axis} is not 1 or -2")
+    pair = _concat_channels if axis == 1 else _concat_sequence
+    joined = tensors[0]
+    for tensor in tensors[1:]:
+        joined = pair(joined, tensor)
+    return joined
+
+
 def scaled_dot_product_attention(query, key, value, bias, scale, dropout=None):
     """softmax(q k^T * scale + bias) v over (batch, heads, seq, head_dim) tensors; softmax in float32."""
     scores = _batch_matmul_nt(query, key)

@@ -14,7 +14,7 @@ from .configuration_utils import ConfigError, PretrainedConfig
 from .generation import GenerationMixin
 from .gpt2 import last_token_logits
 from .layers import Activation, Dropout, Embedding, LayerNorm, Linear, broadcast_like, linear
-from .model_outputs import (attention_bias, causal_lm_loss, check_model_inputs, merge_heads,
+from .model_outputs import (attention_bias, causal_lm_loss, check_model_inputs, concat, merge_heads,
                             scaled_dot_product_attention, sequence_classification_loss, split_heads, with_optional)
 from .modeling_utils import PreTrainedModel
 
@@ -66,8 +66,8 @@ class OPTAttention(nn.Cell):
         key = split_heads(self.k_proj(hidden_states), self.num_heads, self.head_dim)
         value = split_heads(self.v_proj(hidden_states), self.num_heads, self.head_dim)
         if layer_past is not None:
-            key = ops.cat([layer_past[0], key], axis=-2)
-            value = ops.cat([layer_past[1], value], axis=-2)
+            key = concat((layer_past[0], key), -2)
+            value = concat((layer_past[1], value), -2)
         present = (key, value) if use_cache else None
         attn = scaled_dot_product_attention(query, key, value, bias, 1.0, self.attention_dropout)
         return self.out_proj(merge_heads(attn)), present

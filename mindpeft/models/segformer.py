@@ -11,8 +11,8 @@ from mindspore.ops.primitive import constexpr
 
 from .configuration_utils import ConfigError, PretrainedConfig
 from .layers import Activation, Dropout, LayerNorm, Linear, broadcast_like, ones_param
-from .model_outputs import (BaseModelOutput, _output_class, cross_entropy, merge_heads, scaled_dot_product_attention,
-                            split_heads, swap_axes, with_optional)
+from .model_outputs import (BaseModelOutput, _output_class, concat, cross_entropy, merge_heads,
+                            scaled_dot_product_attention, split_heads, swap_axes, with_optional)
 from .modeling_utils import PreTrainedModel
 from .vit import CheckpointRenames, Conv2d, RenamedCheckpointMixin, check_pixel_values
 
@@ -359,7 +359,7 @@ class SegformerDecodeHead(nn.Cell):
             height, width = state.shape[2], state.shape[3]
             features = tokens_to_image(projection(state), height, width)
             projected = (resize_bilinear(features, target),) + projected
-        hidden_states = ops.relu(self.batch_norm(self.linear_fuse(ops.cat(projected, axis=1))))
+        hidden_states = ops.relu(self.batch_norm(self.linear_fuse(concat(projected, 1))))
         return self.classifier(self.dropout(hidden_states))
 
 

@@ -10,7 +10,7 @@ from mindspore.ops.primitive import constexpr
 from .configuration_utils import ConfigError, PretrainedConfig
 from .generation import GenerationMixin
 from .layers import Activation, Dropout, Embedding, Linear, RMSNorm, linear
-from .model_outputs import (attention_bias, check_attention_mask, check_model_inputs, merge_heads,
+from .model_outputs import (attention_bias, check_attention_mask, check_model_inputs, concat, merge_heads,
                             scaled_dot_product_attention, split_heads, token_loss, with_optional)
 from .modeling_utils import PreTrainedModel
 
@@ -135,8 +135,8 @@ class T5Attention(nn.Cell):
             value = split_heads(self.v(source), self.num_heads, self.d_kv)
             before = layer_past if layer_past is not None else prefix
             if before is not None:
-                key = ops.cat([before[0], key], axis=-2)
-                value = ops.cat([before[1], value], axis=-2)
+                key = concat((before[0], key), -2)
+                value = concat((before[1], value), -2)
         if position_bias is None:
             q_len, kv_len = query.shape[2], key.shape[2]
             if self.has_relative_attention_bias:

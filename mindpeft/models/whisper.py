@@ -11,7 +11,7 @@ from .configuration_utils import ConfigError, PretrainedConfig
 from .generation import GenerationMixin, _as_numpy
 from .layers import (Activation, Dropout, Embedding, LayerNorm, Linear, broadcast_like, gelu_erf, linear,
                      uniform_param)
-from .model_outputs import (attention_bias, check_model_inputs, merge_heads, scaled_dot_product_attention,
+from .model_outputs import (attention_bias, check_model_inputs, concat, merge_heads, scaled_dot_product_attention,
                             split_heads, swap_axes, token_loss, with_optional)
 from .modeling_utils import PreTrainedModel
 
@@ -102,8 +102,8 @@ class WhisperAttention(nn.Cell):
             key = split_heads(self.k_proj(source), self.num_heads, self.head_dim)
             value = split_heads(self.v_proj(source), self.num_heads, self.head_dim)
             if layer_past is not None:
-                key = ops.cat([layer_past[0], key], axis=-2)
-                value = ops.cat([layer_past[1], value], axis=-2)
+                key = concat((layer_past[0], key), -2)
+                value = concat((layer_past[1], value), -2)
         present = (key, value) if use_cache else None
         attn = scaled_dot_product_attention(query, key, value, bias, self.scale, self.dropout)
         return self.out_proj(merge_heads(attn)), present
@@ -129,7 +129,7 @@ class WhisperEncoderLayer(nn.Cell):
         self.activation_dropout = Dropout(config.activation_dropout)
 
     def construct(self, hidden_states):
-        attn, _ = self.self_attn(self.self_attn_layer_norm(hidden_states))
+        attn = self.self_attn(self.self_attn_layer_norm(hidden_states))[0]
         hidden_states = hidden_states + self.dropout(attn)
         return hidden_states + _feed_forward(self, hidden_states)
 
