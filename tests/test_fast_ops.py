@@ -10,6 +10,7 @@ import torch
 from mindspore import Tensor
 
 from mindpeft import models
+from mindpeft.models import model_outputs
 from mindpeft.models.layers import Conv1D, gelu_erf, gelu_tanh
 from mindpeft.models.model_outputs import (attention_softmax, compiling_gradient_graph, concat, cross_entropy,
                                            swap_axes)
@@ -120,8 +121,10 @@ def test_attention_softmax_matches_torch_in_each_form(jit, recomputed):
 
 
 @pytest.mark.parametrize("jit,gradient_graph", [(False, False), (True, False), (True, True)])
-def test_swap_axes_matches_numpy_with_gradient(jit, gradient_graph):
-    """swapaxes, and mint.transpose in graphs compiled by the training steps."""
+def test_swap_axes_matches_numpy_with_gradient(jit, gradient_graph, monkeypatch):
+    """swapaxes, and mint.transpose in graphs compiled by the training steps (for tensors of at least
+    VIEW_SWAP_MIN_ELEMENTS, here all)."""
+    monkeypatch.setattr(model_outputs, "VIEW_SWAP_MIN_ELEMENTS", 0)
     x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
     weights = np.random.default_rng(0).normal(size=(2, 4, 3, 5)).astype(np.float32)
 
@@ -138,9 +141,10 @@ def test_swap_axes_matches_numpy_with_gradient(jit, gradient_graph):
 
 @pytest.mark.parametrize("axis", [1, -2])
 @pytest.mark.parametrize("jit,gradient_graph", [(False, False), (True, False), (True, True)])
-def test_concat_of_head_swapped_tensors_matches_numpy_with_gradients(jit, gradient_graph, axis):
+def test_concat_of_head_swapped_tensors_matches_numpy_with_gradients(jit, gradient_graph, axis, monkeypatch):
     """concat's slicing backward in training steps' graphs, with a view input (a cached prefix before new keys)
     and three tensors (joined pairwise there)."""
+    monkeypatch.setattr(model_outputs, "VIEW_SWAP_MIN_ELEMENTS", 0)
     rng = np.random.default_rng(0)
     prefix = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
     x = rng.normal(size=(2, 4, 3, 5)).astype(np.float32)
@@ -159,3 +163,11 @@ def test_concat_of_head_swapped_tensors_matches_numpy_with_gradients(jit, gradie
     first, middle, last = np.split(weights, [prefix.shape[axis], 2 * prefix.shape[axis]], axis)
     np.testing.assert_allclose(grads[0].asnumpy(), first + 2 * last, atol=1e-5)
     np.testing.assert_allclose(grads[1].asnumpy(), middle.swapaxes(1, 2), atol=1e-6)
+
+
+def test_only_large_head_swaps_use_the_view_op():
+    """Below VIEW_SWAP_MIN_ELEMENTS the Transpose kernel's index map is small and the view op slower."""
+    with compiling_gradient_graph():
+        assert not model_outputs._view_swap((4, 12, 64, 64))  # pylint: disable=protected-access
+        assert model_outputs._view_swap((4, 32, 512, 64))  # pylint: disable=protected-access
+    assert not model_outputs._view_swap((4, 32, 512, 64))  # pylint: disable=protected-access

@@ -5,6 +5,7 @@ differentiates plain dicts exactly but cuts gradients through custom output clas
 turns that dict into a :class:`ModelOutput` (``out.loss``, ``out["loss"]``, ``out[0]``); inside ``mindspore.jit``
 read outputs by key.
 """
+import math
 import sys
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -238,13 +239,25 @@ def _in_gradient_graph():
     return _gradient_graph["compiling"]
 
 
+VIEW_SWAP_MIN_ELEMENTS = 1 << 18
+
+
+@constexpr
+def _view_swap(shape):
+    """Whether :func:`swap_axes` uses ``mint.transpose`` for a tensor of ``shape`` in a gradient graph."""
+    return _gradient_graph["compiling"] and math.prod(shape) >= VIEW_SWAP_MIN_ELEMENTS
+
+
 def swap_axes(x, first=1, second=2):
-    """``x.swapaxes(first, second)``. In compiled training steps through ``mint.transpose``: the ``Transpose``
-    kernel behind ``swapaxes`` keeps an int64 index map of the tensor's size for a compiled CPU graph's life (in
-    every layer, forward and backward). ``mint.transpose`` is a view op, and a forward-only graph of eight or more
-    GPT-2 layers built from it takes MindSpore 2.10's graph scheduler minutes (measured), so forward graphs
+    """``x.swapaxes(first, second)``. In compiled training steps, for tensors of ``VIEW_SWAP_MIN_ELEMENTS`` or
+    more, through ``mint.transpose``: the ``Transpose`` kernel behind ``swapaxes`` keeps an int64 index map of the
+    tensor's size for a compiled CPU graph's life, in every layer, forward and backward (measured: 170 MB a layer
+    at 4 x 512 x 2048; at 4 x 512 x 128, 2^18 elements a swap, 16-19 MB a layer, which took checkpointing's saving
+    from 2.8x to 1.9x). The view op costs time instead (GPT-2 small's LoRA step at 4 x 64, 2 x 10^5 elements a
+    swap: 1.27 -> 1.50 s, for no measurable memory), and a forward-only graph of eight or more GPT-2 layers built
+    from it takes MindSpore 2.10's graph scheduler minutes (measured), so smaller tensors and forward graphs
     (evaluation, ``generate``) keep ``swapaxes``."""
-    if in_jit() and _in_gradient_graph():
+    if in_jit() and _view_swap(x.shape):
         return mint.transpose(x, first, second)
     return x.swapaxes(first, second)
 
