@@ -106,9 +106,10 @@ model.generate(input_ids=ids, max_new_tokens=2)
 
 
 def test_training_steps_compile_without_mindspore_warnings():
-    """At MindSpore's default log level, compiled LoRA and prefix-tuning steps print nothing: cached keys after a
-    prefix and Segformer's fused stages are joined by ``concat``, whose own backward MindSpore rebuilt with a warning
-    after head swaps through a view op; Whisper's encoder layers use their attention's first output only."""
+    """At MindSpore's default log level, compiled LoRA, prefix-tuning and full fine-tuning steps print nothing: cached
+    keys after a prefix, ViT's class token and Segformer's fused stages are joined by ``concat``, whose own backward
+    MindSpore rebuilt with a warning after head swaps through a view op; Whisper's encoder layers use their
+    attention's first output only."""
     code = f"""
 import sys
 sys.path.insert(0, {os.path.dirname(__file__)!r})
@@ -130,6 +131,9 @@ for family, task, checkpointing in (("gpt2", "CAUSAL_LM", True), ("bert", "SEQ_C
     if checkpointing:
         model.gradient_checkpointing_enable()
     TrainStep(peft_model, optim.SGD(peft_model.trainable_params(), lr=0.0))(**_batch(family))
+vit = FAMILIES["vit"][0](0.0)  # full fine-tuning: the patches' gradient flows back through the class token's concat
+vit.set_train(True)
+TrainStep(vit, optim.SGD(vit.trainable_params(), lr=0.0))(**_batch("vit"))
 print("done")
 """
     env = {key: value for key, value in os.environ.items() if key != "GLOG_v"}

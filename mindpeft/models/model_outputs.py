@@ -225,7 +225,7 @@ _gradient_graph = {"compiling": False}
 @contextmanager
 def compiling_gradient_graph():
     """While a step that takes gradients compiles (``mindpeft.training``'s steps enter this): :func:`swap_axes`
-    uses ``mint.transpose`` there."""
+    uses ``mint.transpose`` there for large tensors, and :func:`concat` its own backward."""
     previous = _gradient_graph["compiling"]
     _gradient_graph["compiling"] = True
     try:
@@ -285,7 +285,8 @@ _concat_sequence = _ConcatSlicingBackward(-2)
 def concat(tensors, axis):
     """``ops.cat(tensors, axis)`` (``axis`` 1 or -2). In compiled training steps the backward narrows the gradient:
     MindSpore 2.10's own (``SplitWithSize``) is rebuilt on CPU with a warning when an input comes from a view op,
-    as :func:`swap_axes`' head swaps there do (cached keys and values with a prefix, Segformer's fused stages).
+    as :func:`swap_axes`' large swaps there do (cached keys and values with a prefix, ViT's class token before the
+    patches, Segformer's fused stages).
     A custom backward takes a fixed number of inputs, so more than two tensors are joined pairwise."""
     if not (in_jit() and _in_gradient_graph()):
         return ops.cat(tensors, axis=axis)

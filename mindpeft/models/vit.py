@@ -12,8 +12,8 @@ from mindspore.ops.primitive import constexpr
 
 from .configuration_utils import ConfigError, PretrainedConfig
 from .layers import Activation, Dropout, LayerNorm, Linear, broadcast_like, init_param, uniform_param
-from .model_outputs import (_output_class, merge_heads, scaled_dot_product_attention, sequence_classification_loss,
-                            split_heads, swap_axes, with_optional)
+from .model_outputs import (_output_class, concat, merge_heads, scaled_dot_product_attention,
+                            sequence_classification_loss, split_heads, swap_axes, with_optional)
 from .modeling_utils import PreTrainedModel
 
 BaseModelOutputWithPooling = _output_class(
@@ -186,7 +186,7 @@ class ViTEmbeddings(nn.Cell):
         embeddings = self.patch_embeddings(pixel_values)
         batch, hidden = embeddings.shape[0], embeddings.shape[2]
         cls = ops.broadcast_to(self.cls_token, (batch, 1, hidden))
-        embeddings = ops.cat([cls, embeddings], axis=1)
+        embeddings = concat((cls, embeddings), 1)
         return self.dropout(embeddings + broadcast_like(self.position_embeddings, embeddings))
 
 

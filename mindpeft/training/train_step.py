@@ -3,6 +3,7 @@
 Graph mode bakes adapter state (active adapter, enabled, merged) and train/eval mode into the compiled graph,
 so these wrappers recompile whenever ``model.state_version`` or ``model.training`` changes.
 """
+import contextlib
 import itertools
 import numbers
 import types
@@ -103,10 +104,8 @@ class _StateAwareJit:
 
     def _run(self, batch):
         try:
-            if self.takes_gradients:
-                with compiling_gradient_graph():
-                    return self._fn(**batch)
-            return self._fn(**batch)
+            with compiling_gradient_graph() if self.takes_gradients else contextlib.nullcontext():
+                return self._fn(**batch)
         except BaseException:
             if not self.jit:
                 _pynative_executor.clear_res()
