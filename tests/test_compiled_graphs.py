@@ -27,7 +27,7 @@ from mindspore.experimental import optim
 from mindpeft.models import model_outputs
 from mindpeft.training import TrainStep
 from test_gradient_checkpointing import _batch, _lora_model
-model_outputs.VIEW_SWAP_MIN_ELEMENTS = 0  # head swaps of any size as at 4 x 512 x 2048
+model_outputs.VIEW_SWAP_MIN_ELEMENTS = 0  # swaps of long axes of any size through the view op, as at 4 x 512 x 2048
 model, peft_model = _lora_model({family!r}, dropout=0.0)
 if {checkpointing!r}:
     model.gradient_checkpointing_enable()
@@ -118,7 +118,8 @@ from mindpeft import PrefixTuningConfig, get_peft_model
 from mindpeft.models import model_outputs
 from mindpeft.training import TrainStep
 from test_gradient_checkpointing import FAMILIES, _batch, _lora_model
-model_outputs.VIEW_SWAP_MIN_ELEMENTS = 0  # head swaps through the view op, as on large batches
+model_outputs.VIEW_SWAP_MIN_ELEMENTS = 0  # head swaps through the view op, as for long axes on large batches
+model_outputs.MATMUL_SWAP_MAX_AXIS = 0
 for family, checkpointing in (("segformer", False), ("whisper", True)):
     model, peft_model = _lora_model(family, dropout=0.0)
     if checkpointing:

@@ -120,23 +120,46 @@ def test_attention_softmax_matches_torch_in_each_form(jit, recomputed):
     assert max_diff(grad, t_scores.grad) < (1e-5 if recomputed else 1e-6)
 
 
-@pytest.mark.parametrize("jit,gradient_graph", [(False, False), (True, False), (True, True)])
-def test_swap_axes_matches_numpy_with_gradient(jit, gradient_graph, monkeypatch):
-    """swapaxes, and mint.transpose in graphs compiled by the training steps (for tensors of at least
-    VIEW_SWAP_MIN_ELEMENTS, here all)."""
+@pytest.mark.parametrize("shape,axes", [((2, 3, 4, 5), (1, 2)), ((2, 4, 3, 5), (1, 2)), ((2, 3, 4, 5), (2, 3)),
+                                        ((3, 5, 4), (-1, -2)), ((3, 4, 5), (2, 1)), ((6, 2, 3), (0, 1))])
+@pytest.mark.parametrize("jit,gradient_graph,path", [(False, False, "kernel"), (True, False, "kernel"),
+                                                     (True, True, "matmul"), (True, True, "view")])
+def test_swap_axes_matches_numpy_with_gradient(shape, axes, jit, gradient_graph, path, monkeypatch):
+    """swapaxes; in graphs compiled by the training steps, products with an identity matrix (an axis of at most
+    MATMUL_SWAP_MAX_AXIS) or mint.transpose (tensors of at least VIEW_SWAP_MIN_ELEMENTS, here all): exact values
+    and gradients."""
     monkeypatch.setattr(model_outputs, "VIEW_SWAP_MIN_ELEMENTS", 0)
-    x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
-    weights = np.random.default_rng(0).normal(size=(2, 4, 3, 5)).astype(np.float32)
+    if path == "view":
+        monkeypatch.setattr(model_outputs, "MATMUL_SWAP_MAX_AXIS", 0)
+    x = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    expected = x.swapaxes(*axes)
+    weights = np.random.default_rng(0).normal(size=expected.shape).astype(np.float32)
+
+    first, second = axes
+
+    def swap(t):
+        return swap_axes(t, first, second) * 1.0
 
     def loss_fn(t):
-        return (swap_axes(t) * Tensor(weights)).sum()
+        return (swap_axes(t, first, second) * Tensor(weights)).sum()
 
-    fn = ms.jit(loss_fn) if jit else loss_fn
-    np.testing.assert_array_equal(swap_axes(Tensor(x)).asnumpy(), x.swapaxes(1, 2))
-    np.testing.assert_array_equal(swap_axes(Tensor(x), 2, 3).asnumpy(), x.swapaxes(2, 3))
     with compiling_gradient_graph() if gradient_graph else contextlib.nullcontext():
-        _, grad = _value_and_input_grad(fn, Tensor(x))
-    np.testing.assert_allclose(grad.asnumpy(), weights.swapaxes(1, 2), atol=1e-6)
+        assert model_outputs._swap_kind(shape, *axes) == path  # pylint: disable=protected-access
+        swapped = (ms.jit(swap) if jit else swap)(Tensor(x))
+        _, grad = _value_and_input_grad(ms.jit(loss_fn) if jit else loss_fn, Tensor(x))
+    np.testing.assert_array_equal(swapped.asnumpy(), expected)
+    np.testing.assert_array_equal(grad.asnumpy(), weights.swapaxes(*axes))
+
+
+def test_swap_axes_in_half_precision_is_exact():
+    x = np.random.default_rng(1).normal(size=(2, 6, 3, 4)).astype(np.float16)
+    def swap(t):
+        return swap_axes(t) * 1.0
+
+    with compiling_gradient_graph():
+        swapped = ms.jit(swap)(Tensor(x))
+    assert swapped.dtype == ms.float16
+    np.testing.assert_array_equal(swapped.asnumpy(), x.swapaxes(1, 2))
 
 
 @pytest.mark.parametrize("axis", [1, -2])
@@ -165,9 +188,44 @@ def test_concat_of_head_swapped_tensors_matches_numpy_with_gradients(jit, gradie
     np.testing.assert_allclose(grads[1].asnumpy(), middle.swapaxes(1, 2), atol=1e-6)
 
 
-def test_only_large_head_swaps_use_the_view_op():
-    """Below VIEW_SWAP_MIN_ELEMENTS the Transpose kernel's index map is small and the view op slower."""
+def test_swap_axes_paths():
+    """Training steps' graphs swap short axes (attention heads) by products with an identity, other large tensors
+    through the view op, small ones with the Transpose kernel; other graphs always with the kernel."""
+    kind = model_outputs._swap_kind  # pylint: disable=protected-access
     with compiling_gradient_graph():
-        assert not model_outputs._view_swap((4, 12, 64, 64))  # pylint: disable=protected-access
-        assert model_outputs._view_swap((4, 32, 512, 64))  # pylint: disable=protected-access
-    assert not model_outputs._view_swap((4, 32, 512, 64))  # pylint: disable=protected-access
+        assert kind((4, 512, 32, 64), 1, 2) == kind((4, 32, 512, 64), 1, 2) == "matmul"
+        assert kind((4, 512, 128, 128), 1, 2) == "view"  # both axes longer than MATMUL_SWAP_MAX_AXIS
+        assert kind((4, 100, 100, 4), 1, 2) == "kernel"  # under VIEW_SWAP_MIN_ELEMENTS
+        assert kind((4, 512, 32, 64), 1, 3) == "view"  # not adjacent
+    assert kind((4, 512, 32, 64), 1, 2) == "kernel"
+
+
+@pytest.mark.parametrize("value_shape,shape", [((5,), (2, 3, 5)), ((2, 3, 1), (2, 3, 5)), ((2, 1, 1, 5), (2, 3, 4, 5)),
+                                               ((1, 1, 4, 5), (2, 3, 4, 5)), ((2, 1, 4, 1), (2, 3, 4, 5))])
+def test_expand_matches_broadcast_to_with_gradient(value_shape, shape):
+    """Broadcasts as products with ones (leading, trailing and middle runs of repeated axes) are exact; a shape
+    repeated over two separate runs keeps ops.broadcast_to."""
+    rng = np.random.default_rng(0)
+    value = rng.normal(size=value_shape).astype(np.float32)
+    weights = rng.normal(size=shape).astype(np.float32)
+
+    def expanded(v):
+        return model_outputs.expand(v, shape) * 1.0
+
+    def loss_fn(v):
+        return (model_outputs.expand(v, shape) * Tensor(weights)).sum()
+
+    np.testing.assert_array_equal(ms.jit(expanded)(Tensor(value)).asnumpy(), np.broadcast_to(value, shape))
+    _, grad = _value_and_input_grad(ms.jit(loss_fn), Tensor(value))
+    padded = (1,) * (len(shape) - len(value_shape)) + value_shape
+    repeated = tuple(i for i, size in enumerate(padded) if size != shape[i])
+    np.testing.assert_allclose(grad.asnumpy(), weights.sum(axis=repeated, keepdims=True).reshape(value_shape),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_expand_paths():
+    plan = model_outputs._expand_plan  # pylint: disable=protected-access
+    assert plan((2, 1, 1, 5), ms.float16, (2, 3, 4, 5)) == (2, 12, 5)
+    assert plan((5,), ms.float32, (2, 3, 5)) == (1, 6, 5)
+    assert plan((2, 1, 4, 1), ms.float32, (2, 3, 4, 5)) is None  # two runs
+    assert plan((2, 1), ms.int32, (2, 3)) is None

@@ -9,7 +9,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.seed import _get_graph_seed
 import mindspore as ms
 
-from .model_outputs import NEG_INF
+from .model_outputs import NEG_INF, expand, in_jit, ones_constant
 
 
 def init_param(shape, std=0.02, name=None, dtype=np.float32):
@@ -25,6 +25,7 @@ def uniform_param(shape, bound, name=None):
 
 _matmul = ops.MatMul()
 _matmul_nt = ops.MatMul(transpose_b=True)
+_matmul_tn = ops.MatMul(transpose_a=True)
 
 
 def add_bias(out, bias):
@@ -40,7 +41,7 @@ def broadcast_like(value, x):
     binary op keeps two int64 index maps of its output's size (see :func:`add_bias`), and a tensor computed from
     Parameters and constants alone (a norm weight, rotary tables, a causal mask, broadcast to activation size) is
     kept for the graph's life instead of being freed after its last use."""
-    return ops.broadcast_to(ops.depend(value, x), x.shape)
+    return expand(ops.depend(value, x), x.shape)
 
 
 def linear(x, weight, bias=None):
@@ -116,8 +117,40 @@ class Embedding(nn.Cell):
         return f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}"
 
 
+class _LayerNormRowsBackward(nn.Cell):
+    """``LayerNorm`` over the last axis of a float32 input whose backward is built from element-wise ops and products
+    with a column of ones (row means and row broadcasts), recomputing the row statistics: MindSpore 2.10's CPU
+    ``LayerNormGrad`` takes 14 ms on 1024 x 768 (torch: 0.35 ms), this about a third of it."""
+
+    def __init__(self, eps):
+        super().__init__()
+        self.eps = eps
+        self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+
+    def construct(self, x, weight, bias):
+        return self.norm(x, weight, bias)[0]
+
+    def bprop(self, x, weight, bias, out, dout):  # pylint: disable=unused-argument
+        size = x.shape[-1]
+        x = ops.depend(x, dout).reshape(-1, size)  # else the statistics are computed in the forward pass and kept
+        dout = dout.reshape(x.shape)
+        column = ones_constant((size, 1), x.dtype)
+        centred = x - expand(_matmul(x, column) * (1.0 / size), x.shape)
+        rstd = ops.rsqrt(_matmul(centred * centred, column) * (1.0 / size) + self.eps)
+        rstd_rows = expand(rstd, x.shape)
+        normed = centred * rstd_rows
+        scaled = dout * expand(ops.depend(weight, dout), x.shape)
+        mean_scaled = _matmul(scaled, column) * (1.0 / size)
+        mean_projection = _matmul(scaled * normed, column) * (1.0 / size)
+        dx = rstd_rows * scaled - expand(rstd * mean_scaled, x.shape) - normed * expand(rstd * mean_projection, x.shape)
+        row = ones_constant((x.shape[0], 1), x.dtype)
+        return (dx.reshape(out.shape), _matmul_tn(row, dout * normed).reshape(size),
+                _matmul_tn(row, dout).reshape(size))
+
+
 class LayerNorm(nn.Cell):
-    """Layer normalisation over the last dimension with ``weight``/``bias``."""
+    """Layer normalisation over the last dimension with ``weight``/``bias``. Compiled in float32, its backward is
+    :class:`_LayerNormRowsBackward`'s."""
 
     def __init__(self, hidden_size, eps=1e-5):
         super().__init__()
@@ -126,8 +159,11 @@ class LayerNorm(nn.Cell):
         self.weight = ones_param(hidden_size, "weight")
         self.bias = Parameter(Tensor(np.zeros(hidden_size, np.float32)), name="bias")
         self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+        self.rows_backward = _LayerNormRowsBackward(eps)
 
     def construct(self, x):
+        if in_jit() and x.dtype == ms.float32 and self.weight.dtype == ms.float32:
+            return self.rows_backward(x, self.weight, self.bias)
         return self.norm(x, self.weight, self.bias)[0]
 
 
@@ -143,7 +179,7 @@ class RMSNorm(nn.Cell):
         dtype = x.dtype
         h = x.astype(ms.float32)
         variance = ops.mean(h * h, -1, keep_dims=True)
-        h = h * ops.broadcast_to(ops.rsqrt(variance + self.eps), h.shape)  # same-shape products (see add_bias)
+        h = h * expand(ops.rsqrt(variance + self.eps), h.shape)  # same-shape products (see add_bias)
         h = h.astype(dtype)
         return broadcast_like(self.weight, h) * h
 
@@ -178,7 +214,7 @@ def repeat_kv(x, n_rep):
     if n_rep == 1:
         return x
     batch, heads, seq, dim = x.shape
-    return ops.broadcast_to(x.expand_dims(2), (batch, heads, n_rep, seq, dim)).reshape(batch, heads * n_rep, seq, dim)
+    return expand(x.expand_dims(2), (batch, heads, n_rep, seq, dim)).reshape(batch, heads * n_rep, seq, dim)
 
 
 def sliding_window_bias(q_len, kv_len, window):

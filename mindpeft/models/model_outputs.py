@@ -5,6 +5,7 @@ differentiates plain dicts exactly but cuts gradients through custom output clas
 turns that dict into a :class:`ModelOutput` (``out.loss``, ``out["loss"]``, ``out[0]``); inside ``mindspore.jit``
 read outputs by key.
 """
+import functools
 import math
 import sys
 from collections import OrderedDict
@@ -17,6 +18,7 @@ from mindspore.ops.primitive import constexpr
 
 NEG_INF = -1e9
 _batch_matmul = ops.BatchMatMul()
+_matmul = ops.MatMul()
 _batch_matmul_nt = ops.BatchMatMul(transpose_b=True)
 
 
@@ -196,7 +198,7 @@ class _SoftmaxExplicitBroadcast(nn.Cell):
 
     def bprop(self, x, out, dout):  # pylint: disable=unused-argument
         dot = (dout * out).sum(-1, keepdims=True)
-        return (out * (dout - ops.broadcast_to(dot, out.shape)),)
+        return (out * (dout - expand(dot, out.shape)),)
 
 
 _softmax_explicit_broadcast = _SoftmaxExplicitBroadcast()
@@ -240,26 +242,116 @@ def _in_gradient_graph():
 
 
 VIEW_SWAP_MIN_ELEMENTS = 1 << 18
+MATMUL_SWAP_MAX_AXIS = 64
+_batch_matmul_tn = ops.BatchMatMul(transpose_a=True)
 
 
 @constexpr
-def _view_swap(shape):
-    """Whether :func:`swap_axes` uses ``mint.transpose`` for a tensor of ``shape`` in a gradient graph."""
-    return _gradient_graph["compiling"] and math.prod(shape) >= VIEW_SWAP_MIN_ELEMENTS
+def _swap_kind(shape, first, second):
+    """How :func:`swap_axes` swaps two axes of ``shape`` here: ``"matmul"``, ``"view"`` or ``"kernel"``."""
+    if not _gradient_graph["compiling"]:
+        return "kernel"
+    first, second = sorted((first % len(shape), second % len(shape)))
+    if second == first + 1 and min(shape[first], shape[second]) <= MATMUL_SWAP_MAX_AXIS:
+        return "matmul"
+    return "view" if math.prod(shape) >= VIEW_SWAP_MIN_ELEMENTS else "kernel"
+
+
+@constexpr
+def _matmul_swap_shapes(shape, first, second):
+    """(outer, a, c, inner) of ``shape`` viewed around its adjacent axes ``first``/``second``, and the swapped
+    shape."""
+    axis = min(first % len(shape), second % len(shape))
+    swapped = shape[:axis] + (shape[axis + 1], shape[axis]) + shape[axis + 2:]
+    return math.prod(shape[:axis]), shape[axis], shape[axis + 1], math.prod(shape[axis + 2:]), swapped
+
+
+@functools.lru_cache(maxsize=64)
+def _constant_tensor(kind, shape, dtype):
+    if kind == "identity":
+        return Tensor(np.broadcast_to(np.eye(shape[-1], dtype=np.float32), shape).copy(), dtype)
+    return Tensor(np.ones(shape, np.float32), dtype)
+
+
+@constexpr
+def _identity(batch, size, dtype):
+    """A (batch, size, size) identity, one object per shape and dtype (one constant in a compiled graph)."""
+    return _constant_tensor("identity", (batch, size, size), dtype)
+
+
+@constexpr
+def ones_constant(shape, dtype):
+    """A tensor of ones, one object per shape and dtype (one constant in a compiled graph)."""
+    return _constant_tensor("ones", tuple(shape), dtype)
+
+
+def _swap_adjacent_by_matmul(x, first, second):
+    """``x.swapaxes(first, second)`` of adjacent axes as one or two batched products with an identity matrix
+    (exact).
+
+    The tensor is viewed as (outer, a, c, inner); a transposed operand of ``BatchMatMul`` moves the shorter of the
+    two axes past the other in two steps, 4 * size * min(a, c) flops in all (one step when ``inner`` is 1)."""
+    outer, a, c, inner, swapped = _matmul_swap_shapes(x.shape, first, second)
+    if c <= a:  # (outer * a, c, inner) -> (outer * a, inner, c) -> (outer, c, a * inner)
+        if inner > 1:
+            x = _batch_matmul_tn(x.reshape(outer * a, c, inner), _identity(outer * a, c, x.dtype))
+        x = _batch_matmul_nt(_identity(outer, c, x.dtype), x.reshape(outer, a * inner, c))
+    else:  # (outer, a, c * inner) -> (outer, c * inner, a) -> (outer * c, a, inner)
+        x = _batch_matmul_tn(x.reshape(outer, a, c * inner), _identity(outer, a, x.dtype))
+        if inner > 1:
+            x = _batch_matmul_nt(_identity(outer * c, a, x.dtype), x.reshape(outer * c, inner, a))
+    return x.reshape(swapped)
 
 
 def swap_axes(x, first=1, second=2):
-    """``x.swapaxes(first, second)``. In compiled training steps, for tensors of ``VIEW_SWAP_MIN_ELEMENTS`` or
-    more, through ``mint.transpose``: the ``Transpose`` kernel behind ``swapaxes`` keeps an int64 index map of the
-    tensor's size for a compiled CPU graph's life, in every layer, forward and backward (measured: 170 MB a layer
-    at 4 x 512 x 2048; at 4 x 512 x 128, 2^18 elements a swap, 16-19 MB a layer, which took checkpointing's saving
-    from 2.8x to 1.9x). The view op costs time instead (GPT-2 small's LoRA step at 4 x 64, 2 x 10^5 elements a
-    swap: 1.27 -> 1.50 s, for no measurable memory), and a forward-only graph of eight or more GPT-2 layers built
-    from it takes MindSpore 2.10's graph scheduler minutes (measured), so smaller tensors and forward graphs
-    (evaluation, ``generate``) keep ``swapaxes``."""
-    if in_jit() and _view_swap(x.shape):
-        return mint.transpose(x, first, second)
+    """``x.swapaxes(first, second)``, in compiled training steps without the ``Transpose`` kernel: on MindSpore
+    2.10's CPU backend it keeps an int64 index map of the tensor's size for a compiled graph's life, in every layer,
+    forward and backward (measured: 170 MB a layer at 4 x 512 x 2048), and ``mint.transpose``'s view is copied
+    slowly by its consumer (GPT-2 small's LoRA step at 4 x 64: 1.27 -> 1.50 s). Adjacent axes one of which is at
+    most ``MATMUL_SWAP_MAX_AXIS`` long (attention heads, image channels) are swapped by batched products with an
+    identity matrix, which keep nothing and are exact (12 BERT-base attention blocks at 8 x 128, forward and
+    backward: 0.45 s and 653 MiB, against 0.45 s and 1236 MiB with the kernel, 0.98 s and 651 MiB with the view);
+    other swaps of ``VIEW_SWAP_MIN_ELEMENTS`` or more use ``mint.transpose``. Forward graphs (evaluation,
+    ``generate``) keep ``swapaxes``: a forward-only graph of eight or more GPT-2 layers built from the view op takes
+    MindSpore 2.10's graph scheduler minutes (measured)."""
+    if in_jit():
+        kind = _swap_kind(x.shape, first, second)
+        if kind == "matmul":
+            return _swap_adjacent_by_matmul(x, first, second)
+        if kind == "view":
+            return mint.transpose(x, first, second)
     return x.swapaxes(first, second)
+
+
+@constexpr
+def _expand_plan(value_shape, value_dtype, shape):
+    """(outer, repeats, inner) when ``value_shape``, right-aligned to ``shape``, repeats over one contiguous run of
+    its axes (a float tensor), else ``None``."""
+    if value_dtype not in (ms.float32, ms.float16) or len(value_shape) > len(shape):
+        return None
+    padded = (1,) * (len(shape) - len(value_shape)) + tuple(value_shape)
+    axes = [i for i, (size, target) in enumerate(zip(padded, shape)) if size != target]
+    if not axes or any(padded[i] != 1 for i in axes) or axes[-1] - axes[0] + 1 != len(axes):
+        return None
+    return math.prod(shape[:axes[0]]), math.prod(shape[axes[0]:axes[-1] + 1]), math.prod(shape[axes[-1] + 1:])
+
+
+def expand(value, shape):
+    """``ops.broadcast_to(value, shape)``, as a product with a column of ones where ``value`` repeats over one run of
+    axes (exact: one product a element). On MindSpore 2.10's CPU backend the ``BroadcastTo`` kernel and the
+    ``ReduceSum`` of its gradient are slow (a row broadcast to 1024 x 768 and its gradient: 4.0 ms against 1.6 ms
+    as a product, measured)."""
+    plan = _expand_plan(value.shape, value.dtype, shape)
+    if plan is None:
+        return ops.broadcast_to(value, shape)
+    outer, repeats, inner = plan
+    if outer == 1:
+        out = _matmul(ones_constant((repeats, 1), value.dtype), value.reshape(1, inner))
+    elif inner == 1:
+        out = _matmul(value.reshape(outer, 1), ones_constant((1, repeats), value.dtype))
+    else:
+        out = _batch_matmul(ones_constant((outer, repeats, 1), value.dtype), value.reshape(outer, 1, inner))
+    return out.reshape(shape)
 
 
 class _ConcatSlicingBackward(nn.Cell):
@@ -306,7 +398,7 @@ def scaled_dot_product_attention(query, key, value, bias, scale, dropout=None):
         scores = scores * scale
     scores = as_float32(scores)
     if bias is not None:  # same-shape Add, computed after the scores (see layers.broadcast_like)
-        scores = scores + ops.broadcast_to(ops.depend(bias, scores), scores.shape)
+        scores = scores + expand(ops.depend(bias, scores), scores.shape)
     # the block's cells, dropout included, are marked by Cell.recompute (gradient checkpointing)
     recomputed = dropout is not None and dropout._has_config_recompute  # pylint: disable=protected-access
     probs = attention_softmax(scores, recomputed)
