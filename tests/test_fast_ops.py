@@ -1,4 +1,5 @@
-"""The CPU-fast building blocks (loss, GELUs, Conv1D, attention softmax, axis swaps, runtime setting) match PyTorch
+"""The CPU-fast building blocks (loss, GELUs, Conv1D, LayerNorm, attention softmax, axis swaps, broadcasts, runtime
+setting) match PyTorch
 in values and gradients."""
 import contextlib
 import os
@@ -11,7 +12,7 @@ from mindspore import Tensor
 
 from mindpeft import models
 from mindpeft.models import model_outputs
-from mindpeft.models.layers import Conv1D, gelu_erf, gelu_tanh
+from mindpeft.models.layers import Conv1D, LayerNorm, gelu_erf, gelu_tanh
 from mindpeft.models.model_outputs import (attention_softmax, compiling_gradient_graph, concat, cross_entropy,
                                            swap_axes)
 from mindpeft.utils.runtime import HOST_BLOCKING_ENV, tune_cpu_runtime
@@ -49,6 +50,32 @@ def test_cross_entropy_custom_ignore_index_and_all_ignored_is_nan():
                                                  ignore_index=4)
     assert abs(got - expected.item()) < 1e-5
     assert np.isnan(float(cross_entropy(logits, Tensor(np.full(3, -100, np.int32)))))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_layer_norm_matches_torch_with_gradients(jit):
+    """Compiled, LayerNorm's backward is built from element-wise ops (weight and bias gradients included)."""
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(2, 5, 48)) * 3 + 1).astype(np.float32)
+    weights = rng.normal(size=x.shape).astype(np.float32)
+    norm = LayerNorm(48, eps=1e-5)
+    norm.weight.set_data(Tensor(rng.normal(size=48).astype(np.float32)))
+    norm.bias.set_data(Tensor(rng.normal(size=48).astype(np.float32)))
+
+    def loss_fn(t):
+        return (norm(t) * Tensor(weights)).sum()
+
+    fn = ms.jit(loss_fn) if jit else loss_fn
+    loss, (dx, (dweight, dbias)) = ms.value_and_grad(fn, grad_position=0, weights=[norm.weight, norm.bias])(Tensor(x))
+    t_x = torch.tensor(x, requires_grad=True)
+    t_weight = torch.tensor(norm.weight.asnumpy(), requires_grad=True)
+    t_bias = torch.tensor(norm.bias.asnumpy(), requires_grad=True)
+    expected = (torch.nn.functional.layer_norm(t_x, (48,), t_weight, t_bias, 1e-5) * torch.tensor(weights)).sum()
+    expected.backward()
+    assert abs(float(loss) - expected.item()) < 1e-4
+    assert max_diff(dx, t_x.grad) < 1e-5
+    assert max_diff(dweight, t_weight.grad) < 1e-5
+    assert max_diff(dbias, t_bias.grad) < 1e-5
 
 
 @pytest.mark.parametrize("ms_fn,approximate", [(gelu_erf, "none"), (gelu_tanh, "tanh")])

@@ -421,6 +421,23 @@ def merge_heads(x):
     return swap_axes(x).view(batch, seq, heads * head_dim)
 
 
+class _LogSoftmaxRows(nn.Cell):
+    """``log_softmax`` over the last axis of a 2-D tensor whose backward is element-wise ops and a product with a
+    column of ones: MindSpore 2.10's CPU ``LogSoftmaxGrad`` took 97 ms on LLaMA's 512 x 32000 logits."""
+
+    def construct(self, x):
+        return ops.log_softmax(x, -1)
+
+    def bprop(self, x, out, dout):  # pylint: disable=unused-argument
+        rows, classes = out.shape
+        total = _matmul(dout, ones_constant((classes, 1), out.dtype))
+        scaled = _batch_matmul(total.reshape(rows, 1, 1), ops.exp(out).reshape(rows, 1, classes))
+        return (dout - scaled.reshape(rows, classes),)
+
+
+_log_softmax_rows = _LogSoftmaxRows()
+
+
 def cross_entropy(logits, labels, ignore_index=-100):
     """Mean cross entropy of (rows, classes) ``logits`` over the rows whose label is not ``ignore_index``
     (NaN when every row is ignored, like PyTorch).
@@ -434,7 +451,7 @@ def cross_entropy(logits, labels, ignore_index=-100):
     labels = labels.astype(ms.int32)
     valid = labels != ignore_index
     safe_labels = ops.select(valid, labels, ops.zeros_like(labels))
-    log_probs = ops.log_softmax(as_float32(logits), -1)
+    log_probs = _log_softmax_rows(as_float32(logits)) if in_jit() else ops.log_softmax(as_float32(logits), -1)
     picked = ops.gather_elements(log_probs, 1, safe_labels.view(-1, 1)).view(-1)
     weights = valid.astype(ms.float32)
     return -(picked * weights).sum() / weights.sum()
