@@ -97,7 +97,9 @@ def test_qlora_trains_jit_equal_to_pynative_and_loads_in_hf_peft(tiny_model_dir,
         runs.append((model, losses, [p.asnumpy() for p in model.trainable_params()]))
     (model, jit_losses, jit_params), (_, py_losses, py_params) = runs
     assert np.allclose(jit_losses, py_losses, atol=1e-5)
-    assert all(np.allclose(a, b, atol=1e-4) for a, b in zip(jit_params, py_params))
+    # Adam divides by each element's running gradient RMS: an element whose gradient is near zero moves by up to lr
+    # on rounding alone (the compiled run recomputes its layers): measured up to 2.2e-4 after these 4 steps
+    assert all(np.allclose(a, b, atol=5e-4) for a, b in zip(jit_params, py_params))
 
     model.save_pretrained(str(tmp_path / "adapter"))
     hf_float = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
