@@ -28,6 +28,7 @@ from mindpeft.models import model_outputs
 from mindpeft.training import TrainStep
 from test_gradient_checkpointing import _batch, _lora_model
 model_outputs.VIEW_SWAP_MIN_ELEMENTS = 0  # swaps of long axes of any size through the view op, as at 4 x 512 x 2048
+model_outputs.REPLACE_KERNELS_MIN_ELEMENTS = 0  # head swaps by identity products, as on real batches
 model, peft_model = _lora_model({family!r}, dropout=0.0)
 if {checkpointing!r}:
     model.gradient_checkpointing_enable()

@@ -53,8 +53,9 @@ def test_cross_entropy_custom_ignore_index_and_all_ignored_is_nan():
 
 
 @pytest.mark.parametrize("jit", [False, True])
-def test_layer_norm_matches_torch_with_gradients(jit):
+def test_layer_norm_matches_torch_with_gradients(jit, monkeypatch):
     """Compiled, LayerNorm's backward is built from element-wise ops (weight and bias gradients included)."""
+    monkeypatch.setattr(model_outputs, "REPLACE_KERNELS_MIN_ELEMENTS", 0)
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(2, 5, 48)) * 3 + 1).astype(np.float32)
     weights = rng.normal(size=x.shape).astype(np.float32)
@@ -156,6 +157,7 @@ def test_swap_axes_matches_numpy_with_gradient(shape, axes, jit, gradient_graph,
     MATMUL_SWAP_MAX_AXIS) or mint.transpose (tensors of at least VIEW_SWAP_MIN_ELEMENTS, here all): exact values
     and gradients."""
     monkeypatch.setattr(model_outputs, "VIEW_SWAP_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(model_outputs, "REPLACE_KERNELS_MIN_ELEMENTS", 0)
     if path == "view":
         monkeypatch.setattr(model_outputs, "MATMUL_SWAP_MAX_AXIS", 0)
     x = np.random.default_rng(1).normal(size=shape).astype(np.float32)
@@ -178,7 +180,8 @@ def test_swap_axes_matches_numpy_with_gradient(shape, axes, jit, gradient_graph,
     np.testing.assert_array_equal(grad.asnumpy(), weights.swapaxes(*axes))
 
 
-def test_swap_axes_in_half_precision_is_exact():
+def test_swap_axes_in_half_precision_is_exact(monkeypatch):
+    monkeypatch.setattr(model_outputs, "REPLACE_KERNELS_MIN_ELEMENTS", 0)
     x = np.random.default_rng(1).normal(size=(2, 6, 3, 4)).astype(np.float16)
     def swap(t):
         return swap_axes(t) * 1.0
@@ -223,15 +226,17 @@ def test_swap_axes_paths():
         assert kind((4, 512, 32, 64), 1, 2) == kind((4, 32, 512, 64), 1, 2) == "matmul"
         assert kind((4, 512, 128, 128), 1, 2) == "view"  # both axes longer than MATMUL_SWAP_MAX_AXIS
         assert kind((4, 100, 100, 4), 1, 2) == "kernel"  # under VIEW_SWAP_MIN_ELEMENTS
+        assert kind((2, 7, 4, 16), 1, 2) == "kernel"  # under REPLACE_KERNELS_MIN_ELEMENTS
         assert kind((4, 512, 32, 64), 1, 3) == "view"  # not adjacent
     assert kind((4, 512, 32, 64), 1, 2) == "kernel"
 
 
 @pytest.mark.parametrize("value_shape,shape", [((5,), (2, 3, 5)), ((2, 3, 1), (2, 3, 5)), ((2, 1, 1, 5), (2, 3, 4, 5)),
                                                ((1, 1, 4, 5), (2, 3, 4, 5)), ((2, 1, 4, 1), (2, 3, 4, 5))])
-def test_expand_matches_broadcast_to_with_gradient(value_shape, shape):
+def test_expand_matches_broadcast_to_with_gradient(value_shape, shape, monkeypatch):
     """Broadcasts as products with ones (leading, trailing and middle runs of repeated axes) are exact; a shape
     repeated over two separate runs keeps ops.broadcast_to."""
+    monkeypatch.setattr(model_outputs, "REPLACE_KERNELS_MIN_ELEMENTS", 0)
     rng = np.random.default_rng(0)
     value = rng.normal(size=value_shape).astype(np.float32)
     weights = rng.normal(size=shape).astype(np.float32)
@@ -252,7 +257,9 @@ def test_expand_matches_broadcast_to_with_gradient(value_shape, shape):
 
 def test_expand_paths():
     plan = model_outputs._expand_plan  # pylint: disable=protected-access
-    assert plan((2, 1, 1, 5), ms.float16, (2, 3, 4, 5)) == (2, 12, 5)
-    assert plan((5,), ms.float32, (2, 3, 5)) == (1, 6, 5)
-    assert plan((2, 1, 4, 1), ms.float32, (2, 3, 4, 5)) is None  # two runs
-    assert plan((2, 1), ms.int32, (2, 3)) is None
+    assert plan((4, 1), ms.float32, (4, 4096)) == (4, 4096, 1)
+    assert plan((4, 1), ms.float32, (4, 4095)) is None  # under REPLACE_KERNELS_MIN_ELEMENTS
+    assert plan((2, 1, 1, 80), ms.float16, (2, 3, 40, 80)) == (2, 120, 80)
+    assert plan((50,), ms.float32, (20, 30, 50)) == (1, 600, 50)
+    assert plan((2, 1, 40, 1), ms.float32, (2, 3, 40, 80)) is None  # two runs
+    assert plan((200, 1), ms.int32, (200, 300)) is None

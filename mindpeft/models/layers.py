@@ -7,8 +7,10 @@ import math
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.seed import _get_graph_seed
+from mindspore.ops.primitive import constexpr
 import mindspore as ms
 
+from . import model_outputs
 from .model_outputs import NEG_INF, expand, in_jit, ones_constant
 
 
@@ -148,9 +150,15 @@ class _LayerNormRowsBackward(nn.Cell):
                 _matmul_tn(row, dout).reshape(size))
 
 
+@constexpr
+def _rows_backward_applies(shape, dtype, weight_dtype):
+    return (dtype == ms.float32 and weight_dtype == ms.float32
+            and math.prod(shape) >= model_outputs.REPLACE_KERNELS_MIN_ELEMENTS)
+
+
 class LayerNorm(nn.Cell):
-    """Layer normalisation over the last dimension with ``weight``/``bias``. Compiled in float32, its backward is
-    :class:`_LayerNormRowsBackward`'s."""
+    """Layer normalisation over the last dimension with ``weight``/``bias``. Compiled in float32 on
+    ``REPLACE_KERNELS_MIN_ELEMENTS`` or more, its backward is :class:`_LayerNormRowsBackward`'s."""
 
     def __init__(self, hidden_size, eps=1e-5):
         super().__init__()
@@ -162,7 +170,7 @@ class LayerNorm(nn.Cell):
         self.rows_backward = _LayerNormRowsBackward(eps)
 
     def construct(self, x):
-        if in_jit() and x.dtype == ms.float32 and self.weight.dtype == ms.float32:
+        if in_jit() and _rows_backward_applies(x.shape, x.dtype, self.weight.dtype):
             return self.rows_backward(x, self.weight, self.bias)
         return self.norm(x, self.weight, self.bias)[0]
 

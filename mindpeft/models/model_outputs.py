@@ -243,6 +243,9 @@ def _in_gradient_graph():
 
 VIEW_SWAP_MIN_ELEMENTS = 1 << 18
 MATMUL_SWAP_MAX_AXIS = 64
+# Below this many elements compiled graphs keep MindSpore's own swap, broadcast and LayerNorm backward kernels: the
+# replacements pay off on large tensors only, and add compile time.
+REPLACE_KERNELS_MIN_ELEMENTS = 1 << 14
 _batch_matmul_tn = ops.BatchMatMul(transpose_a=True)
 
 
@@ -252,7 +255,8 @@ def _swap_kind(shape, first, second):
     if not _gradient_graph["compiling"]:
         return "kernel"
     first, second = sorted((first % len(shape), second % len(shape)))
-    if second == first + 1 and min(shape[first], shape[second]) <= MATMUL_SWAP_MAX_AXIS:
+    if (second == first + 1 and min(shape[first], shape[second]) <= MATMUL_SWAP_MAX_AXIS
+            and math.prod(shape) >= REPLACE_KERNELS_MIN_ELEMENTS):
         return "matmul"
     return "view" if math.prod(shape) >= VIEW_SWAP_MIN_ELEMENTS else "kernel"
 
@@ -308,8 +312,9 @@ def swap_axes(x, first=1, second=2):
     2.10's CPU backend it keeps an int64 index map of the tensor's size for a compiled graph's life, in every layer,
     forward and backward (measured: 170 MB a layer at 4 x 512 x 2048), and ``mint.transpose``'s view is copied
     slowly by its consumer (GPT-2 small's LoRA step at 4 x 64: 1.27 -> 1.50 s). Adjacent axes one of which is at
-    most ``MATMUL_SWAP_MAX_AXIS`` long (attention heads, image channels) are swapped by batched products with an
-    identity matrix, which keep nothing and are exact (12 BERT-base attention blocks at 8 x 128, forward and
+    most ``MATMUL_SWAP_MAX_AXIS`` long (attention heads, image channels) in tensors of ``REPLACE_KERNELS_MIN_ELEMENTS`` or
+    more are swapped by batched products with an identity matrix (smaller ones take less time to compile as views or
+    kernels), which keep nothing and are exact (12 BERT-base attention blocks at 8 x 128, forward and
     backward: 0.45 s and 653 MiB, against 0.45 s and 1236 MiB with the kernel, 0.98 s and 651 MiB with the view);
     other swaps of ``VIEW_SWAP_MIN_ELEMENTS`` or more use ``mint.transpose``. Forward graphs (evaluation,
     ``generate``) keep ``swapaxes``: a forward-only graph of eight or more GPT-2 layers built from the view op takes
@@ -327,7 +332,8 @@ def swap_axes(x, first=1, second=2):
 def _expand_plan(value_shape, value_dtype, shape):
     """(outer, repeats, inner) when ``value_shape``, right-aligned to ``shape``, repeats over one contiguous run of
     its axes (a float tensor), else ``None``."""
-    if value_dtype not in (ms.float32, ms.float16) or len(value_shape) > len(shape):
+    if (value_dtype not in (ms.float32, ms.float16) or len(value_shape) > len(shape)
+            or math.prod(shape) < REPLACE_KERNELS_MIN_ELEMENTS):
         return None
     padded = (1,) * (len(shape) - len(value_shape)) + tuple(value_shape)
     axes = [i for i, (size, target) in enumerate(zip(padded, shape)) if size != target]
