@@ -312,9 +312,9 @@ def swap_axes(x, first=1, second=2):
     2.10's CPU backend it keeps an int64 index map of the tensor's size for a compiled graph's life, in every layer,
     forward and backward (measured: 170 MB a layer at 4 x 512 x 2048), and ``mint.transpose``'s view is copied
     slowly by its consumer (GPT-2 small's LoRA step at 4 x 64: 1.27 -> 1.50 s). Adjacent axes one of which is at
-    most ``MATMUL_SWAP_MAX_AXIS`` long (attention heads, image channels) in tensors of ``REPLACE_KERNELS_MIN_ELEMENTS`` or
-    more are swapped by batched products with an identity matrix (smaller ones take less time to compile as views or
-    kernels), which keep nothing and are exact (12 BERT-base attention blocks at 8 x 128, forward and
+    most ``MATMUL_SWAP_MAX_AXIS`` long (attention heads, image channels) in tensors of
+    ``REPLACE_KERNELS_MIN_ELEMENTS`` or more are swapped by batched products with an identity matrix (smaller ones
+    take less time to compile as views or kernels), which keep nothing and are exact (12 BERT-base attention blocks at 8 x 128, forward and
     backward: 0.45 s and 653 MiB, against 0.45 s and 1236 MiB with the kernel, 0.98 s and 651 MiB with the view);
     other swaps of ``VIEW_SWAP_MIN_ELEMENTS`` or more use ``mint.transpose``. Forward graphs (evaluation,
     ``generate``) keep ``swapaxes``: a forward-only graph of eight or more GPT-2 layers built from the view op takes
