@@ -314,8 +314,9 @@ def swap_axes(x, first=1, second=2):
     slowly by its consumer (GPT-2 small's LoRA step at 4 x 64: 1.27 -> 1.50 s). Adjacent axes one of which is at
     most ``MATMUL_SWAP_MAX_AXIS`` long (attention heads, image channels) in tensors of
     ``REPLACE_KERNELS_MIN_ELEMENTS`` or more are swapped by batched products with an identity matrix (smaller ones
-    take less time to compile as views or kernels), which keep nothing and are exact (12 BERT-base attention blocks at 8 x 128, forward and
-    backward: 0.45 s and 653 MiB, against 0.45 s and 1236 MiB with the kernel, 0.98 s and 651 MiB with the view);
+    take less time to compile as views or kernels), which keep nothing and are exact (12 BERT-base attention blocks
+    at 8 x 128, forward and backward: 0.45 s and 653 MiB, against 0.45 s and 1236 MiB with the kernel, 0.98 s and
+    651 MiB with the view);
     other swaps of ``VIEW_SWAP_MIN_ELEMENTS`` or more use ``mint.transpose``. Forward graphs (evaluation,
     ``generate``) keep ``swapaxes``: a forward-only graph of eight or more GPT-2 layers built from the view op takes
     MindSpore 2.10's graph scheduler minutes (measured)."""
