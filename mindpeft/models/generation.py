@@ -136,7 +136,7 @@ class GenerationMixin:
         """The compiled ``kind`` step (a key of ``_STEPS``) for ``variant`` (``"plain"``, or ``"mixed"`` for mixed
         adapter batches), rebuilt when adapter state changed since it was made (MindSpore compiles it at its first
         call and again only for new input shapes)."""
-        cache = self.__dict__.setdefault("_decode_graph_cache", {})
+        cache = self.__dict__.setdefault("_compiled_step_cache", {})
         cached = cache.get((kind, variant))
         if cached is not None and cached[0] == graph_version():
             return cached[1]
