@@ -4,18 +4,19 @@ A causal LM's prompt (prefill) runs once in PyNative: compiled, every new prompt
 its own, and padding prompts to shared lengths costs more than compiling saves (measured, GPT-2 at 8 x 16 tokens:
 PyNative 0.53 s, compiled 0.32 s, compiled and padded to 32 tokens 0.64 s). An encoder-decoder's encoder and first
 decoder position run as one compiled graph, the encoder input padded on the right (masked) to a multiple of
-``STATIC_CACHE_BUCKET`` so nearby lengths share it (the encoder is a small part of generating). The decode steps run
-as one compiled graph (``jit=True``) over a
-static cache: every cached key/value tensor is kept at a fixed length ``L`` with the real entries right-aligned
-and the empty slots on the left masked out. A step feeds the new token, the model appends its key/value (length
-``L + 1``) and the graph drops the leftmost (empty) slot, so shapes never change and the decode graph compiles
-once. Right alignment keeps the distance between any two cached entries equal to their distance in the text, so
-relative position schemes (T5 buckets, ALiBi, sliding windows) see what the growing cache shows them; absolute
-positions are passed as ``position_ids`` computed from the mask, as on the growing-cache path.
+``STATIC_CACHE_BUCKET`` so nearby lengths share it (the encoder is a small part of generating).
 
-A mixed adapter batch (``PeftModel.generate(..., adapter_names=...)``) has a decode graph of its own: the LoRA layers
+The decode steps then run as one compiled graph (``jit=True``) over a static cache: every cached key/value tensor
+is kept at a fixed length ``L`` with the real entries right-aligned and the empty slots on the left masked out. A
+step feeds the new token, the model appends its key/value (length ``L + 1``) and the graph drops the leftmost
+(empty) slot, so shapes never change and the decode graph compiles once. Right alignment keeps the distance between
+any two cached entries equal to their distance in the text, so relative position schemes (T5 buckets, ALiBi,
+sliding windows) see what the growing cache shows them; absolute positions are passed as ``position_ids`` computed
+from the mask, as on the growing-cache path.
+
+A mixed adapter batch (``PeftModel.generate(..., adapter_names=...)``) has compiled steps of its own: the LoRA layers
 read the per-row adapter numbers from a Parameter (an input of the graph), so other ``adapter_names`` of the same
-batch size reuse it.
+batch size reuse them.
 """
 import itertools
 import math

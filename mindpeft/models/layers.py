@@ -10,8 +10,7 @@ from mindspore.common.seed import _get_graph_seed
 from mindspore.ops.primitive import constexpr
 import mindspore as ms
 
-from . import model_outputs
-from .model_outputs import NEG_INF, expand, in_jit, ones_constant
+from .model_outputs import NEG_INF, expand, in_jit, ones_constant, replaces_kernels
 
 
 def init_param(shape, std=0.02, name=None, dtype=np.float32):
@@ -152,8 +151,7 @@ class _LayerNormRowsBackward(nn.Cell):
 
 @constexpr
 def _rows_backward_applies(shape, dtype, weight_dtype):
-    return (dtype == ms.float32 and weight_dtype == ms.float32
-            and math.prod(shape) >= model_outputs.REPLACE_KERNELS_MIN_ELEMENTS)
+    return dtype == ms.float32 and weight_dtype == ms.float32 and replaces_kernels(shape)
 
 
 class LayerNorm(nn.Cell):

@@ -249,14 +249,18 @@ REPLACE_KERNELS_MIN_ELEMENTS = 1 << 14
 _batch_matmul_tn = ops.BatchMatMul(transpose_a=True)
 
 
+def replaces_kernels(shape):
+    """Whether a tensor of ``shape`` is large enough for the kernel replacements (``REPLACE_KERNELS_MIN_ELEMENTS``)."""
+    return math.prod(shape) >= REPLACE_KERNELS_MIN_ELEMENTS
+
+
 @constexpr
 def _swap_kind(shape, first, second):
     """How :func:`swap_axes` swaps two axes of ``shape`` here: ``"matmul"``, ``"view"`` or ``"kernel"``."""
     if not _gradient_graph["compiling"]:
         return "kernel"
     first, second = sorted((first % len(shape), second % len(shape)))
-    if (second == first + 1 and min(shape[first], shape[second]) <= MATMUL_SWAP_MAX_AXIS
-            and math.prod(shape) >= REPLACE_KERNELS_MIN_ELEMENTS):
+    if second == first + 1 and min(shape[first], shape[second]) <= MATMUL_SWAP_MAX_AXIS and replaces_kernels(shape):
         return "matmul"
     return "view" if math.prod(shape) >= VIEW_SWAP_MIN_ELEMENTS else "kernel"
 
@@ -333,8 +337,7 @@ def swap_axes(x, first=1, second=2):
 def _expand_plan(value_shape, value_dtype, shape):
     """(outer, repeats, inner) when ``value_shape``, right-aligned to ``shape``, repeats over one contiguous run of
     its axes (a float tensor), else ``None``."""
-    if (value_dtype not in (ms.float32, ms.float16) or len(value_shape) > len(shape)
-            or math.prod(shape) < REPLACE_KERNELS_MIN_ELEMENTS):
+    if value_dtype not in (ms.float32, ms.float16) or len(value_shape) > len(shape) or not replaces_kernels(shape):
         return None
     padded = (1,) * (len(shape) - len(value_shape)) + tuple(value_shape)
     axes = [i for i, (size, target) in enumerate(zip(padded, shape)) if size != target]
