@@ -37,6 +37,30 @@ def _init_and_keep(self, *args, **kwargs):
 
 ms.nn.Cell.__init__ = _init_and_keep
 
+
+def _bitsandbytes_generic_cpu_path():
+    """bitsandbytes 0.50 picks CPU kernels by CPU features, and on AVX-512 machines they are not its reference:
+    the compiled 4-bit dequantization mixes up blocks when a row is shorter than a block (measured: 1.1 off on a
+    64 x 32 weight whose codes and scales equal ours), and on AVX-512 BF16 machines ``Linear4bit`` repacks its
+    weight for a bfloat16 kernel at inference (and fails on layers narrower than a block). The tests compare
+    against bitsandbytes' device-independent implementation on every machine."""
+    import bitsandbytes.nn.modules as bnb_modules
+    from bitsandbytes._ops import register_kernel
+    from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
+    from bitsandbytes.backends.utils import _get_4bit_code
+
+    bnb_modules.has_avx512bf16 = lambda: False
+
+    @register_kernel("bitsandbytes::dequantize_4bit", "cpu")
+    def _(A, absmax, blocksize, quant_type, shape, dtype):
+        code = _get_4bit_code(quant_type, A.device)
+        return _dequantize_4bit_compute(A.view(torch.uint8).reshape(-1), absmax, code, blocksize, shape, dtype)
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # torch's notice that a kernel is overridden
+    _bitsandbytes_generic_cpu_path()
+
 VOCAB = 96
 
 TINY_CONFIGS = {
