@@ -13,6 +13,7 @@ from mindspore import ops
 from mindspore.amp import DynamicLossScaler, StaticLossScaler, all_finite
 from mindspore.graph.api import _pynative_executor
 
+from ..models.layer_graphs import shared_graph_marks, shared_layer_graphs
 from ..models.model_outputs import compiling_gradient_graph, to_model_output
 from .value_checks import check_batch, value_limits
 
@@ -69,6 +70,7 @@ class _StateAwareJit:
         self.jit = jit
         self._fn = None
         self._key = None
+        self._shared_graphs = []
         self._limits = value_limits(model) if jit else {}
 
     def _build(self):
@@ -86,6 +88,7 @@ class _StateAwareJit:
                 fn.__name__ = fn.__qualname__ = f"{fn.__name__}_{next(_BUILD_IDS)}"
             self._fn = ms.jit(fn) if self.jit else fn
             self._key = key
+            self._shared_graphs = shared_graph_marks(self.model) if self.jit and self.takes_gradients else []
         check_batch(batch, self._limits)
         try:
             return self._run(batch)
@@ -104,7 +107,8 @@ class _StateAwareJit:
 
     def _run(self, batch):
         try:
-            with compiling_gradient_graph() if self.takes_gradients else contextlib.nullcontext():
+            with compiling_gradient_graph() if self.takes_gradients else contextlib.nullcontext(), \
+                    shared_layer_graphs(self._shared_graphs):
                 return self._fn(**batch)
         except BaseException:
             if not self.jit:
