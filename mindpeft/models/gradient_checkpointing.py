@@ -17,9 +17,10 @@ Measured on MindSpore 2.10 CPU:
   The non-reentrant recompute used here has neither problem.
 - Under ``mindspore.jit`` the compiled graph recomputes too, and saves memory since the models' compiled kernels
   stopped keeping index maps (see ``tests/test_compiled_graphs.py``): a LLaMA layer (hidden 1024, 16 heads) at
-  4 x 512 tokens keeps about 270 MB without and 88 MB with. The compiled graph itself grows (about 35 MB a layer,
-  twice that recomputed), and attention's softmax in a recomputed block is ``exp(log_softmax)`` (MindSpore's
-  recompute does not reach a custom backward's saved output; see ``model_outputs.attention_softmax``).
+  4 x 512 tokens keeps about 270 MB without and 88 MB with. Compiling the graph holds host memory per layer,
+  more for recomputed ones (see :mod:`.layer_graphs`, which compiles identical layers once), and attention's
+  softmax in a recomputed block is ``exp(log_softmax)`` (MindSpore's recompute does not reach a custom backward's
+  saved output; see ``model_outputs.attention_softmax``).
 - Dropout draws its mask from a seeded generator whose state cannot be saved and restored, so a recomputed block
   would draw new masks; in PyNative the draws of the forward pass are recorded and replayed in the recompute
   (the recorded draws cost memory of the size of each dropped-out tensor, only for dropout with ``p > 0``).
