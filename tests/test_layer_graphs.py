@@ -109,6 +109,9 @@ def test_what_keeps_two_blocks_apart():
     assert structure_key(first) == structure_key(second)  # equal constants by content
     second.self_attn.extra = Parameter(Tensor(np.zeros(3, np.float32)), name="extra")
     assert structure_key(first) != structure_key(second)
+    loop = {}
+    loop["itself"] = first.mlp.loop = second.mlp.loop = loop  # cannot be described: shares with nothing
+    assert structure_key(first) != structure_key(second)
 
 
 def test_blocks_with_dropout_compile_apart():

@@ -17,13 +17,13 @@ of their own.
 """
 import hashlib
 import numbers
+import types
 from contextlib import contextmanager
 from enum import Enum
-import types
 
 import numpy as np
 from mindspore import Parameter, Tensor, nn
-from mindspore._c_expression.typing import Type as MsType
+from mindspore.common.dtype import Type as DType
 from mindspore.ops import Primitive
 
 from .gradient_checkpointing import checkpointed_blocks
@@ -54,13 +54,21 @@ def _describe(value):
     if isinstance(value, types.FunctionType):
         closure = tuple(cell.cell_contents for cell in value.__closure__ or ())
         return "function", value.__module__, value.__qualname__, _describe(closure), _describe(value.__defaults__)
-    if isinstance(value, MsType):
+    if isinstance(value, DType):
         return "dtype", str(value)
     return "object", type(value).__qualname__, id(value)
 
 
 def structure_key(block):
-    """What two blocks must have in common to share a compiled graph, as a digest."""
+    """What two blocks must have in common to share a compiled graph, as a digest (one of its own for a block whose
+    attributes refer to themselves)."""
+    try:
+        return hashlib.sha1(repr(_block_parts(block)).encode()).hexdigest()
+    except RecursionError:
+        return f"unique-{id(block)}"
+
+
+def _block_parts(block):
     parts = []
     for name, cell in block.cells_and_names():
         parts.append((name, type(cell).__module__, type(cell).__qualname__))
@@ -72,7 +80,7 @@ def structure_key(block):
             elif attribute == "_recompute_cell":
                 value = value is not None  # MindSpore's recompute closure over this very cell
             parts.append((name, attribute, _describe(value)))
-    return hashlib.sha1(repr(parts).encode()).hexdigest()
+    return parts
 
 
 def shared_graph_marks(model):
