@@ -94,7 +94,8 @@ class _StateAwareJit:
             return self._run(batch)
         except (AttributeError, RuntimeError, ValueError) as err:
             message = str(err)
-            if self.jit and ("'Dictionary' object has no attribute" in message or "The key 0 does not exist" in message):
+            if self.jit and ("'Dictionary' object has no attribute" in message
+                             or "The key 0 does not exist" in message):
                 raise AttributeError("Inside mindspore.jit a model's outputs are a plain dict: read them by key "
                                      "(outputs[\"loss\"]), not as outputs.loss or outputs[0]. MindSpore said: "
                                      f"{message.splitlines()[0]}") from err
