@@ -8,7 +8,7 @@ import numpy as np
 from mindspore import Parameter, Tensor
 
 from mindpeft import LoraConfig, get_peft_model, models, set_seed
-from mindpeft.models.layer_graphs import shared_graph_marks, structure_key
+from mindpeft.models.layer_graphs import shared_graph_marks, shared_layer_graphs, structure_key
 from mindpeft.optimizers import AdamW
 from mindpeft.training import TrainStep
 from mindpeft.training.train_step import value_and_grad
@@ -29,12 +29,13 @@ def _llama(layers=4, **lora):
     return model, peft_model
 
 
-def _unshared_gradients(peft_model):
-    """Loss and gradients of the model's step compiled without shared layer graphs."""
+def _unshared_gradients(peft_model, marks=()):
+    """Loss and gradients of the model's step compiled by hand, sharing the layer graphs of ``marks`` only."""
     def loss_fn(input_ids, labels):
         return peft_model(input_ids=input_ids, labels=labels)["loss"]
 
-    loss, grads = ms.jit(value_and_grad(loss_fn, peft_model.trainable_params()))(input_ids=IDS, labels=IDS)
+    with shared_layer_graphs(marks):
+        loss, grads = ms.jit(value_and_grad(loss_fn, peft_model.trainable_params()))(input_ids=IDS, labels=IDS)
     return float(loss), [g.asnumpy() for g in grads]
 
 
@@ -65,6 +66,9 @@ def test_identical_layers_share_one_graph_and_give_the_same_gradients():
             assert np.abs(e).max() > 0
         for layer in model.model.layers:  # the marks live only while the step compiles
             assert "_cell_init_args" not in layer.__dict__ and "no_inline" not in layer.__dict__
+        by_hand = _unshared_gradients(peft_model, shared_graph_marks(peft_model))  # a step of one's own
+        assert by_hand[0] == expected_loss
+        assert all(np.array_equal(g, e) for g, e in zip(by_hand[1], grads))
 
 
 def test_layers_that_differ_get_graphs_of_their_own():
