@@ -29,7 +29,7 @@ def _llama(layers=4, **lora):
     return model, peft_model
 
 
-def _unshared_gradients(peft_model, marks=()):
+def _hand_compiled_gradients(peft_model, marks=()):
     """Loss and gradients of the model's step compiled by hand, sharing the layer graphs of ``marks`` only."""
     def loss_fn(input_ids, labels):
         return peft_model(input_ids=input_ids, labels=labels)["loss"]
@@ -57,7 +57,7 @@ def test_identical_layers_share_one_graph_and_give_the_same_gradients():
             peft_model.gradient_checkpointing_enable()
         groups = _groups(model)
         assert groups[0] is not None and len(set(groups)) == 1  # the four layers: one graph
-        expected_loss, expected = _unshared_gradients(peft_model)
+        expected_loss, expected = _hand_compiled_gradients(peft_model)
         step, loss, grads = _step_gradients(peft_model)
         assert len(step._shared_graphs) == 4  # pylint: disable=protected-access
         assert loss == expected_loss and len(grads) == len(expected) == 4 * 3 * 2
@@ -66,7 +66,7 @@ def test_identical_layers_share_one_graph_and_give_the_same_gradients():
             assert np.abs(e).max() > 0
         for layer in model.model.layers:  # the marks live only while the step compiles
             assert "_cell_init_args" not in layer.__dict__ and "no_inline" not in layer.__dict__
-        by_hand = _unshared_gradients(peft_model, shared_graph_marks(peft_model))  # a step of one's own
+        by_hand = _hand_compiled_gradients(peft_model, shared_graph_marks(peft_model))  # a step of one's own
         assert by_hand[0] == expected_loss
         assert all(np.array_equal(g, e) for g, e in zip(by_hand[1], grads))
 
@@ -78,7 +78,7 @@ def test_layers_that_differ_get_graphs_of_their_own():
     groups = _groups(model)
     assert groups[0] == groups[1] and groups[0] is not None
     assert groups[2] is None and groups[3] is None  # one of a kind each: compiled as before
-    expected_loss, expected = _unshared_gradients(peft_model)
+    expected_loss, expected = _hand_compiled_gradients(peft_model)
     _, loss, grads = _step_gradients(peft_model)
     assert abs(loss - expected_loss) < 1e-6
     for g, e in zip(grads, expected):

@@ -193,10 +193,7 @@ class GenerationMixin:
             if use_cache:
                 state["past"] = out["past_key_values"]
             if static:  # from now on: the compiled step over a static cache
-                filled = state["mask"].shape[1]
-                length = _static_length(filled, max_new_tokens)
-                state["past"] = _left_pad(state["past"], length)
-                state["mask"] = np.concatenate([np.zeros((batch, length - filled), np.int64), state["mask"]], 1)
+                state["past"], state["mask"] = _static_cache(state["past"], state["mask"], max_new_tokens)
                 state["graph"] = self._compiled_step("causal_decode", variant)
             return out["logits"][:, -1, :].asnumpy()
 
@@ -219,11 +216,8 @@ class GenerationMixin:
                  "first": None}
 
         def go_static(past):
-            filled = past[0][0].shape[2]
-            length = _static_length(filled, max_new_tokens)
-            state["past"] = _left_pad(past, length)
-            state["mask"] = np.concatenate([np.zeros((batch, length - filled), np.int64),
-                                            np.ones((batch, filled), np.int64)], 1)
+            cached = np.ones((batch, past[0][0].shape[2]), np.int64)
+            state["past"], state["mask"] = _static_cache(past, cached, max_new_tokens)
             state["graph"] = self._compiled_step("seq2seq_decode", variant)
 
         if static and inputs_embeds is None and prefix is None:
@@ -271,6 +265,14 @@ def _static_length(filled, new_tokens):
     fed back), rounded up to ``STATIC_CACHE_BUCKET``."""
     needed = filled + new_tokens - 1
     return int(math.ceil(needed / STATIC_CACHE_BUCKET)) * STATIC_CACHE_BUCKET
+
+
+def _static_cache(past, mask, new_tokens):
+    """``past`` and its (batch, filled) attention ``mask`` padded on the left with empty, masked slots to the
+    static cache length for ``new_tokens`` more tokens."""
+    length = _static_length(mask.shape[1], new_tokens)
+    empty = np.zeros((mask.shape[0], length - mask.shape[1]), np.int64)
+    return _left_pad(past, length), np.concatenate([empty, mask], 1)
 
 
 def _left_pad(past, length):

@@ -88,8 +88,8 @@ def shared_graph_marks(model):
     """``[(block, mark)]`` for the blocks of ``model`` that have an identical twin: equal marks, one graph."""
     groups = {}
     for block in checkpointed_blocks(model):
-        groups.setdefault((type(block), structure_key(block)), []).append(block)
-    return [(block, f"{_MARKER}{type(block).__name__}_{key}") for (_, key), blocks in groups.items()
+        groups.setdefault(structure_key(block), []).append(block)  # the key covers the block's class
+    return [(block, f"{_MARKER}{type(block).__name__}_{key}") for key, blocks in groups.items()
             if len(blocks) > 1 for block in blocks]
 
 
