@@ -12,7 +12,8 @@ from mindspore import Tensor
 
 from mindpeft import models
 from mindpeft.models import model_outputs
-from mindpeft.models.layers import Conv1D, LayerNorm, gelu_erf, gelu_tanh
+from mindpeft.models.layers import (ACTIVATIONS, Activation, Conv1D, LayerNorm, RMSNorm, RotaryEmbedding,
+                                    apply_rotary_pos_emb, gelu_erf, gelu_tanh)
 from mindpeft.models.model_outputs import (attention_softmax, compiling_gradient_graph, concat, cross_entropy,
                                            swap_axes)
 from mindpeft.utils.runtime import HOST_BLOCKING_ENV, tune_cpu_runtime
@@ -93,6 +94,93 @@ def test_elementwise_gelus_match_torch(ms_fn, approximate):
     expected.sum().backward()
     assert max_diff(value, expected.detach()) < 1e-5
     assert max_diff(grad, t_x.grad) < 1e-5
+
+
+TORCH_ACTIVATIONS = {"gelu": torch.nn.functional.gelu,
+                     "gelu_new": lambda t: torch.nn.functional.gelu(t, approximate="tanh"),
+                     "gelu_pytorch_tanh": lambda t: torch.nn.functional.gelu(t, approximate="tanh"),
+                     "gelu_fast": lambda t: torch.nn.functional.gelu(t, approximate="tanh"),
+                     "relu": torch.relu, "silu": torch.nn.functional.silu, "swish": torch.nn.functional.silu,
+                     "tanh": torch.tanh}
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("jit", [False, True])
+def test_activations_and_gated_activations_match_torch_with_gradients(name, jit):
+    """``act(x)`` and ``act.gated(gate, up)``: compiled, their backward recomputes the derivative from the inputs
+    (keeping neither ``act(x)`` nor the element-wise intermediates); PyNative differentiates the functions."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.linspace(-6, 6, 241), rng.normal(size=47) * 2]).astype(np.float32).reshape(2, 4, 36)
+    up = rng.normal(size=x.shape).astype(np.float32)
+    weights = rng.normal(size=x.shape).astype(np.float32)
+    act = Activation(name)
+
+    def plain(t, u):  # pylint: disable=unused-argument
+        return (act(t) * Tensor(weights)).sum()
+
+    def gated(t, u):
+        return (act.gated(t, u) * Tensor(weights)).sum()
+
+    torch_act = TORCH_ACTIVATIONS[name]
+    for fn, torch_fn in ((plain, lambda t, u: torch_act(t)), (gated, lambda t, u: torch_act(t) * u)):
+        compiled = ms.jit(fn) if jit else fn
+        loss, (dx, dup) = ms.value_and_grad(compiled, grad_position=(0, 1))(Tensor(x), Tensor(up))
+        t_x, t_up = torch.tensor(x, requires_grad=True), torch.tensor(up, requires_grad=True)
+        expected = (torch_fn(t_x, t_up) * torch.tensor(weights)).sum()
+        expected.backward()
+        assert abs(float(loss) - expected.item()) < 1e-4, fn.__name__
+        assert max_diff(dx, t_x.grad) < 1e-5, fn.__name__
+        assert max_diff(dup, np.zeros_like(up) if t_up.grad is None else t_up.grad) < 1e-5, fn.__name__
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_rms_norm_matches_torch_with_gradients(jit, monkeypatch):
+    """Compiled, RMSNorm's backward recomputes the row scale from the input (weight gradient included)."""
+    monkeypatch.setattr(model_outputs, "REPLACE_KERNELS_MIN_ELEMENTS", 0)
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(2, 5, 48)) * 3 + 1).astype(np.float32)
+    weights = rng.normal(size=x.shape).astype(np.float32)
+    norm = RMSNorm(48, eps=1e-6)
+    norm.weight.set_data(Tensor(rng.normal(size=48).astype(np.float32)))
+
+    def loss_fn(t):
+        return (norm(t) * Tensor(weights)).sum()
+
+    fn = ms.jit(loss_fn) if jit else loss_fn
+    loss, (dx, (dweight,)) = ms.value_and_grad(fn, grad_position=0, weights=[norm.weight])(Tensor(x))
+    t_x = torch.tensor(x, requires_grad=True)
+    t_weight = torch.tensor(norm.weight.asnumpy(), requires_grad=True)
+    normed = t_x * torch.rsqrt(t_x.pow(2).mean(-1, keepdim=True) + 1e-6)
+    expected = (t_weight * normed * torch.tensor(weights)).sum()
+    expected.backward()
+    assert abs(float(loss) - expected.item()) < 1e-4
+    assert max_diff(dx, t_x.grad) < 1e-5
+    assert max_diff(dweight, t_weight.grad) < 1e-4
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("position_rows", [2, 1])
+def test_rotary_embedding_matches_torch_with_gradients(jit, position_rows):
+    """Compiled, the rotation's backward is built from the cos/sin tables alone (it is linear in its input); the
+    tables have a row per sequence or one for all."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3, 5, 8)).astype(np.float32)
+    weights = rng.normal(size=x.shape).astype(np.float32)
+    positions = np.array([[0, 1, 2, 3, 4], [3, 4, 5, 6, 7]], np.int32)[:position_rows]
+    cos, sin = RotaryEmbedding(8)(Tensor(positions))
+
+    def loss_fn(t):
+        return (apply_rotary_pos_emb(t, cos, sin) * Tensor(weights)).sum()
+
+    fn = ms.jit(loss_fn) if jit else loss_fn
+    loss, dx = _value_and_input_grad(fn, Tensor(x))
+    t_x = torch.tensor(x, requires_grad=True)
+    t_cos, t_sin = torch.tensor(cos.asnumpy()), torch.tensor(sin.asnumpy())
+    rotated = torch.cat([-t_x[..., 4:], t_x[..., :4]], -1)
+    expected = ((t_x * t_cos + rotated * t_sin) * torch.tensor(weights)).sum()
+    expected.backward()
+    assert abs(float(loss) - expected.item()) < 1e-4
+    assert max_diff(dx, t_x.grad) < 1e-5
 
 
 @pytest.mark.parametrize("shape", [(5, 8), (2, 3, 8), (2, 2, 3, 8)])

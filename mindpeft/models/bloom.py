@@ -12,7 +12,7 @@ from mindspore import Tensor, nn, ops
 from .configuration_utils import PretrainedConfig
 from .generation import GenerationMixin
 from .gpt2 import last_token_logits
-from .layers import Dropout, Embedding, LayerNorm, Linear, gelu_tanh, linear
+from .layers import Activation, Dropout, Embedding, LayerNorm, Linear, linear
 from .model_outputs import (attention_bias, causal_lm_loss, check_model_inputs, concat, merge_heads,
                             scaled_dot_product_attention, sequence_classification_loss, swap_axes, with_optional)
 from .modeling_utils import PreTrainedModel
@@ -78,10 +78,11 @@ class BloomMLP(nn.Cell):
         std = config.initializer_range
         self.dense_h_to_4h = Linear(config.hidden_size, 4 * config.hidden_size, True, std)
         self.dense_4h_to_h = Linear(4 * config.hidden_size, config.hidden_size, True, std)
+        self.gelu_impl = Activation("gelu_new")
         self.hidden_dropout = Dropout(config.hidden_dropout)
 
     def construct(self, hidden_states, residual):
-        return residual + self.hidden_dropout(self.dense_4h_to_h(gelu_tanh(self.dense_h_to_4h(hidden_states))))
+        return residual + self.hidden_dropout(self.dense_4h_to_h(self.gelu_impl(self.dense_h_to_4h(hidden_states))))
 
 
 class BloomBlock(nn.Cell):

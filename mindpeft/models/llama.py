@@ -102,7 +102,7 @@ class LlamaMLP(nn.Cell):
         self.act_fn = Activation(config.hidden_act)
 
     def construct(self, x):
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act_fn.gated(self.gate_proj(x), self.up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Cell):

@@ -201,7 +201,7 @@ class T5DenseGatedActDense(nn.Cell):
         self.act = Activation(config.dense_act_fn)
 
     def construct(self, x):
-        return self.wo(self.dropout(self.act(self.wi_0(x)) * self.wi_1(x)))
+        return self.wo(self.dropout(self.act.gated(self.wi_0(x), self.wi_1(x))))
 
 
 class T5LayerFF(nn.Cell):

@@ -9,7 +9,7 @@ from mindspore.ops.primitive import constexpr
 
 from .configuration_utils import ConfigError, PretrainedConfig
 from .generation import GenerationMixin, _as_numpy
-from .layers import (Activation, Dropout, Embedding, LayerNorm, Linear, broadcast_like, gelu_erf, linear,
+from .layers import (Activation, Dropout, Embedding, LayerNorm, Linear, broadcast_like, linear,
                      uniform_param)
 from .model_outputs import (attention_bias, check_model_inputs, concat, merge_heads, scaled_dot_product_attention,
                             split_heads, swap_axes, token_loss, with_optional)
@@ -199,6 +199,7 @@ class WhisperEncoder(nn.Cell):
         self.max_source_positions = config.max_source_positions
         self.conv1 = Conv1d(config.num_mel_bins, dim, 3, padding=1)
         self.conv2 = Conv1d(dim, dim, 3, stride=2, padding=1)
+        self.conv_activation = Activation("gelu")
         self.embed_positions = Embedding(config.max_source_positions, dim)
         self.embed_positions.weight.set_data(Tensor(sinusoids(config.max_source_positions, dim)))
         self.embed_positions.weight.requires_grad = False  # frozen in transformers too
@@ -210,8 +211,8 @@ class WhisperEncoder(nn.Cell):
         """``input_features``: (batch, num_mel_bins, 2 * max_source_positions) log-mel frames (3000 = 30 s)."""
         _check_input_features(None if input_features is None else tuple(input_features.shape), self.num_mel_bins,
                               2 * self.max_source_positions)
-        hidden_states = gelu_erf(self.conv1(input_features.astype(self.conv1.weight.dtype)))
-        hidden_states = swap_axes(gelu_erf(self.conv2(hidden_states)))
+        hidden_states = self.conv_activation(self.conv1(input_features.astype(self.conv1.weight.dtype)))
+        hidden_states = swap_axes(self.conv_activation(self.conv2(hidden_states)))
         hidden_states = self.dropout(hidden_states + broadcast_like(self.embed_positions.weight, hidden_states))
         for layer in self.layers:
             hidden_states = layer(hidden_states)
