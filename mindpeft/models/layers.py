@@ -433,9 +433,8 @@ def tanh_derivative(x):
     return 1.0 - t * t
 
 
-# the activation functions HF configs name, with their derivatives (functions of this module calling primitives: a
-# Cell attribute holding ``ops.relu`` does not compile, nor does ``ops.relu`` inside a custom backward: "The
-# pointer[func_graph->get_return()] is null", MindSpore 2.10)
+# the activation functions HF configs name, with their derivatives (ReLU through its primitive: ``ops.relu`` in a
+# custom backward does not compile, "The pointer[func_graph->get_return()] is null", MindSpore 2.10)
 ACTIVATIONS = {"gelu": (gelu_erf, gelu_erf_derivative), "gelu_new": (gelu_tanh, gelu_tanh_derivative),
                "gelu_pytorch_tanh": (gelu_tanh, gelu_tanh_derivative), "gelu_fast": (gelu_tanh, gelu_tanh_derivative),
                "relu": (relu, relu_derivative), "silu": (silu, silu_derivative), "swish": (silu, silu_derivative),
