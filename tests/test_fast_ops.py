@@ -53,31 +53,39 @@ def test_cross_entropy_custom_ignore_index_and_all_ignored_is_nan():
     assert np.isnan(float(cross_entropy(logits, Tensor(np.full(3, -100, np.int32)))))
 
 
+def _torch_rms_norm(x, weight, bias, eps):  # pylint: disable=unused-argument
+    return weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
 @pytest.mark.parametrize("jit", [False, True])
-def test_layer_norm_matches_torch_with_gradients(jit, monkeypatch):
-    """Compiled, LayerNorm's backward is built from element-wise ops (weight and bias gradients included)."""
+@pytest.mark.parametrize("norm_class,torch_norm", [
+    (LayerNorm, lambda x, weight, bias, eps: torch.nn.functional.layer_norm(x, (48,), weight, bias, eps)),
+    (RMSNorm, _torch_rms_norm)])
+def test_norms_match_torch_with_gradients(jit, norm_class, torch_norm, monkeypatch):
+    """Compiled, LayerNorm's and RMSNorm's backwards are built from element-wise ops and products with ones that
+    recompute the row statistics from the input (weight and bias gradients included)."""
     monkeypatch.setattr(model_outputs, "REPLACE_KERNELS_MIN_ELEMENTS", 0)
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(2, 5, 48)) * 3 + 1).astype(np.float32)
     weights = rng.normal(size=x.shape).astype(np.float32)
-    norm = LayerNorm(48, eps=1e-5)
-    norm.weight.set_data(Tensor(rng.normal(size=48).astype(np.float32)))
-    norm.bias.set_data(Tensor(rng.normal(size=48).astype(np.float32)))
+    norm = norm_class(48, eps=1e-5)
+    params = [p for p in (norm.weight, getattr(norm, "bias", None)) if p is not None]
+    for param in params:
+        param.set_data(Tensor(rng.normal(size=48).astype(np.float32)))
 
     def loss_fn(t):
         return (norm(t) * Tensor(weights)).sum()
 
     fn = ms.jit(loss_fn) if jit else loss_fn
-    loss, (dx, (dweight, dbias)) = ms.value_and_grad(fn, grad_position=0, weights=[norm.weight, norm.bias])(Tensor(x))
+    loss, (dx, grads) = ms.value_and_grad(fn, grad_position=0, weights=params)(Tensor(x))
     t_x = torch.tensor(x, requires_grad=True)
-    t_weight = torch.tensor(norm.weight.asnumpy(), requires_grad=True)
-    t_bias = torch.tensor(norm.bias.asnumpy(), requires_grad=True)
-    expected = (torch.nn.functional.layer_norm(t_x, (48,), t_weight, t_bias, 1e-5) * torch.tensor(weights)).sum()
+    t_params = [torch.tensor(p.asnumpy(), requires_grad=True) for p in params]
+    expected = (torch_norm(t_x, *t_params, *([None] * (2 - len(params))), 1e-5) * torch.tensor(weights)).sum()
     expected.backward()
     assert abs(float(loss) - expected.item()) < 1e-4
     assert max_diff(dx, t_x.grad) < 1e-5
-    assert max_diff(dweight, t_weight.grad) < 1e-5
-    assert max_diff(dbias, t_bias.grad) < 1e-5
+    for grad, t_param in zip(grads, t_params):
+        assert max_diff(grad, t_param.grad) < 1e-5
 
 
 @pytest.mark.parametrize("ms_fn,approximate", [(gelu_erf, "none"), (gelu_tanh, "tanh")])
@@ -131,31 +139,6 @@ def test_activations_and_gated_activations_match_torch_with_gradients(name, jit)
         assert abs(float(loss) - expected.item()) < 1e-4, fn.__name__
         assert max_diff(dx, t_x.grad) < 1e-5, fn.__name__
         assert max_diff(dup, np.zeros_like(up) if t_up.grad is None else t_up.grad) < 1e-5, fn.__name__
-
-
-@pytest.mark.parametrize("jit", [False, True])
-def test_rms_norm_matches_torch_with_gradients(jit, monkeypatch):
-    """Compiled, RMSNorm's backward recomputes the row scale from the input (weight gradient included)."""
-    monkeypatch.setattr(model_outputs, "REPLACE_KERNELS_MIN_ELEMENTS", 0)
-    rng = np.random.default_rng(0)
-    x = (rng.normal(size=(2, 5, 48)) * 3 + 1).astype(np.float32)
-    weights = rng.normal(size=x.shape).astype(np.float32)
-    norm = RMSNorm(48, eps=1e-6)
-    norm.weight.set_data(Tensor(rng.normal(size=48).astype(np.float32)))
-
-    def loss_fn(t):
-        return (norm(t) * Tensor(weights)).sum()
-
-    fn = ms.jit(loss_fn) if jit else loss_fn
-    loss, (dx, (dweight,)) = ms.value_and_grad(fn, grad_position=0, weights=[norm.weight])(Tensor(x))
-    t_x = torch.tensor(x, requires_grad=True)
-    t_weight = torch.tensor(norm.weight.asnumpy(), requires_grad=True)
-    normed = t_x * torch.rsqrt(t_x.pow(2).mean(-1, keepdim=True) + 1e-6)
-    expected = (t_weight * normed * torch.tensor(weights)).sum()
-    expected.backward()
-    assert abs(float(loss) - expected.item()) < 1e-4
-    assert max_diff(dx, t_x.grad) < 1e-5
-    assert max_diff(dweight, t_weight.grad) < 1e-4
 
 
 @pytest.mark.parametrize("jit", [False, True])
